@@ -1,0 +1,66 @@
+"""The `mmrep` command: a thin router to each stage's entry function.
+
+Each route names `module:function`; the function takes the remaining argv and returns an exit code.
+Modules are imported lazily so `mmrep --help` stays fast and one stage's deps don't load another's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from mmrep.errors import MmrepError
+
+ROUTES: dict[str, tuple[str, str]] = {
+    "data import": ("mmrep.data.cli:import_main", "catalogue CSV/JSONL + images -> WebDataset shards"),
+    "data inspect": ("mmrep.data.cli:inspect_main", "counts, field coverage, image sizes, corrupt samples"),
+    "data synth": ("mmrep.synth.cli:main", "generate the built-in product world"),
+    "train": ("mmrep.train.cli:main", "pretrain / post-train / item-align under DeepSpeed"),
+    "augment": ("mmrep.train.augment:main", "offline image-text co-augmentation -> new shards"),
+    "export": ("mmrep.export.cli:main", "item / query embeddings from a checkpoint"),
+    "eval mbe": ("mmrep.evaluation.cli:mbe_main", "MBE2.0-protocol retrieval, classification, attributes"),
+    "eval image-search": ("mmrep.evaluation.cli:image_search_main", "query image -> item recall@K"),
+    "eval exchange-rate": ("mmrep.evaluation.exchange_rate:main", "which intermediate metric predicts CTR gains"),
+    "quantize": ("mmrep.application.cli:quantize_main", "QARM residual k-means + VQ codes from embeddings"),
+    "ctr": ("mmrep.application.cli:ctr_main", "downstream CTR model with ID / embedding / code features"),
+    "run": ("mmrep.pipeline:main", "the main job: the whole pipeline end to end"),
+}
+
+
+def usage() -> str:
+    width = max(len(k) for k in ROUTES)
+    lines = ["usage: mmrep <command> [args]  (add --help to a command for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in ROUTES.items()]
+    return "\n".join(lines)
+
+
+def resolve(argv: list[str]) -> tuple[str, list[str]]:
+    """Longest command prefix of argv that names a route."""
+    for n in (2, 1):
+        name = " ".join(argv[:n])
+        if len(argv) >= n and name in ROUTES:
+            return name, argv[n:]
+    raise MmrepError(f"unknown command {' '.join(argv[:2])!r}; run `mmrep --help` for the list")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    try:
+        name, rest = resolve(argv)
+        target, _ = ROUTES[name]
+        module, func = target.split(":")
+        code = getattr(importlib.import_module(module), func)(rest)
+        return int(code or 0)
+    except MmrepError as e:
+        print(f"mmrep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmrep: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

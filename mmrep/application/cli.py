@@ -1,0 +1,116 @@
+"""`mmrep quantize` and `mmrep ctr`: parse arguments, build the config, run, write outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmrep.application.quantize import QuantizeConfig
+from mmrep.errors import MmrepError
+
+
+@dataclass
+class QuantizeRun:
+    """Config file layout for `mmrep quantize --config`: one `quantize` section."""
+
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+
+
+def _build(cls, config_path, overrides, flags: dict):
+    """Config file, then `--section.key=value` overrides, then explicit flags (flags win)."""
+    from mmrep import config as cfgmod
+
+    raw = cfgmod.read_yaml(config_path) if config_path else {}
+    for item in overrides:
+        key, value = cfgmod.parse_override(item)
+        cfgmod.set_dotted(raw, key, value)
+    for key, value in flags.items():
+        if value is not None:
+            cfgmod.set_dotted(raw, key, value)
+    return cfgmod.from_dict(cls, raw)
+
+
+def _out_dir(path: str, overwrite: bool) -> Path:
+    out = Path(path)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise MmrepError(f"output folder {out} already exists and is not empty; pass --overwrite or pick another --out")
+    return out
+
+
+def quantize_main(argv: list[str]) -> int:
+    """`mmrep quantize --emb DIR --out DIR`: RQ + VQ codes, codebooks and a quality report."""
+    from mmrep import config as cfgmod
+    from mmrep.application import quantize as q
+    from mmrep.application.embeddings import load_item_embeddings
+    from mmrep.fsutil import atomic_dir
+
+    config_path, overrides, rest = cfgmod.split_config_args(argv)
+    p = argparse.ArgumentParser(prog="mmrep quantize", description=q.__doc__.splitlines()[0])
+    p.add_argument("--emb", required=True, help="export folder (embeddings + ids) or .npy/.safetensors file")
+    p.add_argument("--out", required=True, help="output folder: codes.csv, codes.safetensors, report.json")
+    p.add_argument("--levels", type=int)
+    p.add_argument("--centroids", type=int)
+    p.add_argument("--method", choices=["kmeans", "faiss-rq"])
+    p.add_argument("--vq-k", type=int, help="nearest items per VQ code (0 disables)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dedup", action="store_true", default=None, help="append a de-duplication digit")
+    p.add_argument("--train-sample", type=int, help="train codebooks on at most this many items")
+    p.add_argument("--codebooks", help="saved codebooks.safetensors (or its folder) for --encode-only")
+    p.add_argument("--encode-only", action="store_true", help="encode with --codebooks, no training")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    args = p.parse_args(rest)
+    if args.encode_only != bool(args.codebooks):
+        raise MmrepError("--encode-only and --codebooks go together: encode-only needs saved codebooks")
+    flags = {"quantize.levels": args.levels, "quantize.centroids": args.centroids,
+             "quantize.method": args.method, "quantize.vq_k": args.vq_k, "quantize.seed": args.seed,
+             "quantize.dedup": args.dedup, "quantize.train_sample": args.train_sample}
+    run = _build(QuantizeRun, config_path, overrides, flags)
+    cfg = run.quantize
+    out = _out_dir(args.out, args.overwrite)
+    ids, x = load_item_embeddings(args.emb, mmap=True)
+    books = q.load_codebooks(args.codebooks) if args.encode_only else None
+    result = q.quantize(x, cfg, codebooks=books)
+    with atomic_dir(out) as tmp:
+        q.write_outputs(tmp, ids, result, cfg)
+        cfgmod.save_resolved(run, tmp)
+    for line in q.summary_lines(result.report):
+        print(line)
+    print(f"wrote {out}/codes.csv, codes.safetensors, codebooks.safetensors, report.json")
+    return 0
+
+
+def ctr_main(argv: list[str]) -> int:
+    """`mmrep ctr --log interactions.csv --features id,emb,codes`: click model comparison."""
+    from mmrep import config as cfgmod
+    from mmrep.application import ctr
+
+    config_path, overrides, rest = cfgmod.split_config_args(argv)
+    p = argparse.ArgumentParser(prog="mmrep ctr", description=ctr.__doc__.splitlines()[0])
+    p.add_argument("--log", required=True, help="interactions.csv (user,item,time,event,query)")
+    p.add_argument("--features", default="id,emb,codes",
+                   help="comma list of feature sets: id, emb, codes, emb+att, codes+att, codes+prefix")
+    p.add_argument("--emb", help="item embeddings (export folder) for emb features / attention")
+    p.add_argument("--codes", help="`mmrep quantize` output folder for code features")
+    p.add_argument("--seeds", type=int, help="repeated runs with seeds 0..n-1 for error bars")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--out", required=True, help="output folder: ctr.json, ctr.md")
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(rest)
+    flags = {"ctr.seeds": args.seeds, "ctr.epochs": args.epochs}
+    run = _build(ctr.CtrRun, config_path, overrides, flags)
+    out = _out_dir(args.out, args.overwrite)
+    features = [f.strip() for f in args.features.split(",") if f.strip()]
+    log = ctr.read_log(args.log)
+    items = ctr.ItemFeatures.load(emb=args.emb, codes=args.codes)
+    report = ctr.compare(log, items, features, run.ctr)
+    from mmrep.fsutil import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        (tmp / "ctr.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "ctr.md").write_text(ctr.markdown(report))
+        cfgmod.save_resolved(run, tmp)
+    sys.stdout.write(ctr.markdown(report))
+    return 0

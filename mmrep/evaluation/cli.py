@@ -1,0 +1,351 @@
+"""`mmrep eval mbe` and `mmrep eval image-search`.
+
+    mmrep eval mbe --make-bench --from-shards /tmp/fashion_shards/test --out BENCH [--max-items N]
+    mmrep eval mbe --make-bench --from-world WORLD [--split test] --out BENCH
+    mmrep eval mbe --bench BENCH --encoder-config configs/model/tiny.yaml --encoder RUN/encoder --out REPORT
+    mmrep eval image-search --encoder RUN/encoder --items SHARDS --query-set augment|crop|heldout --out REPORT
+    mmrep eval image-search --queries-emb Q --gallery-emb G --gt gt.json [--distractors-emb D] --out REPORT
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmrep.errors import MmrepError
+
+
+class _EncoderSpec(argparse.Action):
+    """--encoder / --encoder-config append to one list so report columns keep the command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        specs = list(getattr(namespace, "specs", None) or [])
+        specs.append(("dir" if option_string == "--encoder" else "config", values))
+        namespace.specs = specs
+
+
+def _open_encoders(specs: Sequence[tuple[str, str]], seed: int, max_images: int) -> list:
+    from mmrep.export.embeddings import open_encoder
+
+    if not specs:
+        raise MmrepError("no encoder: pass --encoder RUN/encoder and/or --encoder-config configs/model/tiny.yaml")
+    return [open_encoder(path=v, max_images=max_images) if kind == "dir" else
+            open_encoder(config=v, seed=seed, max_images=max_images) for kind, v in specs]
+
+
+def _check_out(out: str | None, stem: str, overwrite: bool) -> Path:
+    if not out:
+        raise MmrepError("no report folder: pass --out DIR")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise MmrepError(f"--out {path} is a file; give a folder")
+    if (path / f"{stem}.json").exists() and not overwrite:
+        raise MmrepError(f"{path / (stem + '.json')} exists; pass --overwrite to replace it or choose another --out")
+    return path
+
+
+def _csv_list(text: str | None, default: Sequence[str]) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else list(default)
+
+
+# ---------------------------------------------------------------------------------------------
+# mbe
+
+
+def mbe_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmrep eval mbe", description="MBE2.0-protocol zero-shot evaluation")
+    p.add_argument("--make-bench", action="store_true", help="build a benchmark folder instead of evaluating")
+    p.add_argument("--from-shards", help="(make-bench) a product shard set, e.g. /tmp/fashion_shards/test")
+    p.add_argument("--from-world", help="(make-bench) a built-in world folder (mmrep data synth)")
+    p.add_argument("--split", default="test", help="(make-bench, world) which split (default test)")
+    p.add_argument("--max-items", type=int, default=0, help="(make-bench, shards) keep the first N items")
+    p.add_argument("--classify", help="(make-bench) comma-separated classification fields")
+    p.add_argument("--attributes", help="(make-bench) comma-separated attribute fields")
+    p.add_argument("--name", default="", help="(make-bench) benchmark name")
+    p.add_argument("--bench", help="benchmark folder to evaluate on")
+    p.add_argument("--encoder", action=_EncoderSpec, help="encoder dir (repeatable: one report column each)")
+    p.add_argument("--encoder-config", action=_EncoderSpec, help="model config YAML: random-init baseline column")
+    p.add_argument("--seed", type=int, default=0, help="seed of random-init encoders")
+    p.add_argument("--items-emb", help="precomputed mm item embeddings (mmrep export of BENCH/items); one encoder only")
+    p.add_argument("--out", help="report folder (report.json + report.md) / benchmark folder with --make-bench")
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def mbe_main(argv: list[str]) -> int:
+    from mmrep.config import save_resolved
+    from mmrep.export.cli import section_from_args
+    from mmrep.evaluation import benchmark as bm
+    from mmrep.evaluation.mbe import MbeConfig, evaluate
+    from mmrep.evaluation.report import mbe_markdown, write_report
+
+    cfg, args = section_from_args(MbeConfig, "mbe", argv, mbe_parser())
+    if args.make_bench:
+        if bool(args.from_shards) == bool(args.from_world):
+            raise MmrepError("--make-bench needs exactly one of --from-shards DIR or --from-world DIR")
+        if not args.out:
+            raise MmrepError("--make-bench needs --out BENCH (the benchmark folder to write)")
+        if args.from_shards:
+            meta = bm.from_catalogue(args.from_shards, args.out, args.name,
+                                     _csv_list(args.classify, bm.FASHION_CLASSIFICATION),
+                                     _csv_list(args.attributes, bm.FASHION_ATTRIBUTES), args.max_items, args.seed,
+                                     args.overwrite)
+        else:
+            meta = bm.from_world(args.from_world, args.out, args.split, args.name,
+                                 _csv_list(args.classify, bm.WORLD_CLASSIFICATION),
+                                 _csv_list(args.attributes, bm.WORLD_ATTRIBUTES), args.overwrite)
+        print(f"wrote benchmark {meta['name']} to {args.out}: {json.dumps(meta['counts'])}")
+        return 0
+    if not args.bench:
+        raise MmrepError("pass --bench BENCH (or --make-bench to build one)")
+    specs = getattr(args, "specs", None) or []
+    if args.items_emb and len(specs) != 1:
+        raise MmrepError("--items-emb holds one encoder's embeddings: pass exactly one --encoder with it")
+    out = _check_out(args.out, "report", args.overwrite)
+    bench = bm.load_benchmark(args.bench)
+    handles = _open_encoders(specs, args.seed, cfg.max_images)
+    item_emb = None
+    if args.items_emb:
+        from mmrep.export.format import EmbeddingFormatError, load_embeddings
+
+        try:
+            ids, emb = load_embeddings(args.items_emb)
+        except EmbeddingFormatError as e:
+            raise MmrepError(str(e)) from None
+        item_emb = (ids, emb)
+    t0 = time.perf_counter()
+    encoders = []
+    for h in handles:
+        print(f"evaluating {h.name} on {bench.name}")
+        results = evaluate(h, bench, cfg, item_emb)
+        encoders.append({"name": h.name, "fingerprint": h.fingerprint, "embed_dim": h.embed_dim,
+                         "dim": cfg.dim or h.embed_dim, "results": results})
+    report = {"benchmark": {"name": bench.name, "path": str(bench.path), "counts": bench.meta.get("counts", {}),
+                            "provenance": bench.meta.get("provenance", {})},
+              "protocol": "MBE2.0", "encoders": encoders, "seconds": round(time.perf_counter() - t0, 2)}
+    md = mbe_markdown(report)
+    write_report(out, report, md)
+    save_resolved(cfg, out, "mbe.yaml")
+    print(md)
+    print(f"report: {out / 'report.json'}, {out / 'report.md'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# image search
+
+
+def image_search_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmrep eval image-search", description="query image -> item recall@K vs gallery size")
+    p.add_argument("--queries-emb", help="query embeddings (an mmrep export folder)")
+    p.add_argument("--gallery-emb", help="gallery item embeddings (an mmrep export folder)")
+    p.add_argument("--gt", help="ground truth: JSON {query_id: [item_id, ...]} or CSV with columns query,item")
+    p.add_argument("--distractors-emb", action="append", default=[], help="extra gallery embeddings (repeatable)")
+    p.add_argument("--encoder", action=_EncoderSpec, help="encoder dir: embed queries (and the gallery) here")
+    p.add_argument("--encoder-config", action=_EncoderSpec, help="model config YAML (random-init encoder)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--items", help="product shard set the query images are built from (with --encoder)")
+    p.add_argument("--query-set", choices=["augment", "crop", "heldout"], default="augment",
+                   help="augment: user-photo-like view; crop: core-region crop; heldout: an item's last image, "
+                        "left out of its gallery entry (items with >= 2 images)")
+    p.add_argument("--gallery-view", choices=["mm", "image"], default="mm")
+    p.add_argument("--max-items", type=int, default=0)
+    p.add_argument("--sizes", help="comma-separated nested gallery sizes (default: ground truth, 1k, 10k, ... all)")
+    p.add_argument("--ks", default="1,5,10,50,100", help="recall@K cut-offs (K <= 100 by default k)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--dim", type=int, default=0, help="Matryoshka dimension for encoder embeddings")
+    p.add_argument("--query-chunk", type=int, default=4096)
+    p.add_argument("--gallery-chunk", type=int, default=131072)
+    p.add_argument("--out", help="report folder (image_search.json + .md)")
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def read_ground_truth(path: str | Path) -> dict[str, list[str]]:
+    """{query_id: [item ids]} from JSON (a mapping) or CSV (columns query,item; one row per pair)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MmrepError(f"ground-truth file not found: {path} (check --gt)")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise MmrepError(f"{path} is not valid JSON ({e.msg})") from None
+        if not isinstance(data, dict):
+            raise MmrepError(f"{path} must map each query id to a list of item ids")
+        return {str(k): [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in data.items()}
+    gt: dict[str, list[str]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"query", "item"} <= set(reader.fieldnames):
+            raise MmrepError(f"{path} needs a header with columns query,item")
+        for row in reader:
+            gt.setdefault(row["query"], []).append(row["item"])
+    return gt
+
+
+def _load_emb(path: str, what: str):
+    from mmrep.export.format import EmbeddingFormatError, load_embeddings, read_index
+
+    try:
+        return read_index(path), load_embeddings(path, np.float32)
+    except EmbeddingFormatError as e:
+        raise MmrepError(f"{what}: {e}") from None
+
+
+def _stream_gallery(gallery: list[str], relevant: set[str]):
+    """Pass 1 collects the relevant rows (streamed first); pass 2 streams the rest part by part."""
+    from mmrep.export.format import EmbeddingFormatError, iter_parts, read_index
+
+    try:
+        metas = [read_index(p) for p in gallery]
+    except EmbeddingFormatError as e:
+        raise MmrepError(f"gallery: {e}") from None
+    dims = {m["dim"] for m in metas}
+    if len(dims) > 1:
+        raise MmrepError(f"gallery / distractor embeddings differ in dimension ({sorted(dims)}); use one encoder and --dim")
+    rel_ids: list[str] = []
+    rel_rows: list[np.ndarray] = []
+    seen: set[str] = set()
+    for p in gallery:
+        for ids, emb in iter_parts(p):
+            for j, i in enumerate(ids):
+                if i in relevant and i not in seen:
+                    seen.add(i)
+                    rel_ids.append(i)
+                    rel_rows.append(emb[j].astype(np.float32))
+    dim = int(next(iter(dims)))
+    rel = np.stack(rel_rows) if rel_rows else np.zeros((0, dim), np.float32)
+    def chunks():
+        yield rel
+        for p in gallery:
+            for ids, emb in iter_parts(p):
+                keep = np.array([i not in seen for i in ids], dtype=bool)
+                if keep.any():
+                    yield emb[keep].astype(np.float32)
+
+    return rel_ids, dim, chunks
+
+
+def image_search_main(argv: list[str]) -> int:
+    from mmrep.evaluation.image_search import SearchConfig, default_sizes, evaluate_embeddings
+    from mmrep.evaluation.report import write_report
+
+    args = image_search_parser().parse_args(argv)
+    ks = sorted({int(k) for k in _csv_list(args.ks, [])})
+    if not ks or ks[0] < 1:
+        raise MmrepError("--ks must list positive integers")
+    out = _check_out(args.out, "image_search", args.overwrite)
+    scfg = SearchConfig(k=max(ks), query_chunk=args.query_chunk, gallery_chunk=args.gallery_chunk)
+    specs = getattr(args, "specs", None) or []
+    source: dict[str, Any] = {}
+    if specs:
+        if len(specs) != 1:
+            raise MmrepError("image-search evaluates one encoder at a time: pass one --encoder or --encoder-config")
+        q_emb, positives, gallery, total, n_rel, source = _encoder_queries(args, specs[0])
+    else:
+        if not (args.queries_emb and args.gallery_emb and args.gt):
+            raise MmrepError("pass --queries-emb, --gallery-emb and --gt (or --encoder with --items)")
+        q_meta, (q_ids, q_emb) = _load_emb(args.queries_emb, "queries")
+        gt = read_ground_truth(args.gt)
+        relevant = {i for q in q_ids for i in gt.get(q, [])}
+        rel_ids, dim, chunks = _stream_gallery([args.gallery_emb, *args.distractors_emb], relevant)
+        if q_emb.shape[1] != dim:
+            raise MmrepError(f"query embeddings are {q_emb.shape[1]}-d but the gallery is {dim}-d; export both with the "
+                             "same encoder and --dim")
+        where = {i: j for j, i in enumerate(rel_ids)}
+        keep, positives = [], []
+        for j, q in enumerate(q_ids):
+            pos = sorted(where[i] for i in gt.get(q, []) if i in where)
+            if pos:
+                keep.append(j)
+                positives.append(pos)
+        if not positives:
+            raise MmrepError("no query has a ground-truth item in the gallery: check --gt ids against the exports")
+        q_emb = q_emb[keep]
+        from mmrep.export.format import read_index
+
+        total = sum(int(read_index(p)["count"]) for p in [args.gallery_emb, *args.distractors_emb])
+        gallery = chunks()
+        n_rel = len(rel_ids)
+        source = {"queries": args.queries_emb, "gallery": args.gallery_emb, "distractors": args.distractors_emb,
+                  "dropped_queries": len(q_ids) - len(keep)}
+    sizes = [int(s) for s in _csv_list(args.sizes, [])] if args.sizes else default_sizes(total, n_rel)
+    sizes = sorted(set(min(s, total) for s in sizes))
+    if sizes and sizes[0] < n_rel:
+        raise MmrepError(f"gallery size {sizes[0]} is smaller than the {n_rel} ground-truth items; every size "
+                         "must hold them (they come first)")
+    report = evaluate_embeddings(q_emb, gallery, positives, scfg, sizes, ks)
+    report.source = source
+    md = report.markdown()
+    write_report(out, report.to_dict(), md, stem="image_search")
+    print(md)
+    return 0
+
+
+def _encoder_queries(args: argparse.Namespace, spec: tuple[str, str]):
+    """Queries built from a product shard set's images + the gallery (computed or --gallery-emb)."""
+    from mmrep.data.readers import iter_products
+    from mmrep.evaluation.benchmark import user_photo
+    from mmrep.export.embeddings import check_dim, embed_records
+    from mmrep.records import Product, Query
+
+    if not args.items:
+        raise MmrepError("--encoder needs --items SHARDS (the product shard set to build query images from)")
+    (handle,) = _open_encoders([spec], args.seed, 4)
+    items: list[Product] = []
+    for p in iter_products(args.items):
+        if p.images and (args.query_set != "heldout" or len(p.images) >= 2):
+            items.append(p)
+            if args.max_items and len(items) >= args.max_items:
+                break
+    if not items:
+        need = "two or more images" if args.query_set == "heldout" else "an image"
+        raise MmrepError(f"no item in {args.items} has {need}: nothing to build queries from")
+    queries, gallery_items = [], []
+    if args.query_set == "crop":
+        from mmrep.model.crop import CoreRegionCrop
+
+        crop = CoreRegionCrop()
+    for k, p in enumerate(items):
+        if args.query_set == "heldout":
+            img, ext = p.images[-1], p.image_exts[-1]
+            gallery_items.append(Product(id=p.id, title=p.title, description=p.description, category=p.category,
+                                         attributes=p.attributes, images=p.images[:-1], image_exts=p.image_exts[:-1]))
+        else:
+            img, ext = (crop(p.images[0]), "jpg") if args.query_set == "crop" else (user_photo(p.images[0], k), "jpg")
+            gallery_items.append(p)
+        queries.append(Query(id=f"q-{p.id}", images=[img], image_exts=[ext], item_ids=[p.id]))
+    print(f"encoding {len(queries)} {args.query_set} query images with {handle.name}")
+    q_emb = embed_records(handle, queries, "image", args.batch_size, args.dim)
+    if args.gallery_emb:
+        if args.query_set == "heldout":
+            raise MmrepError("--query-set heldout leaves the query image out of the gallery: it cannot use --gallery-emb")
+        meta, (ids, g_emb) = _load_emb(args.gallery_emb, "gallery")
+        check_dim(int(meta["dim"]), handle, args.dim, f"gallery embeddings in {args.gallery_emb}")
+        where = {i: j for j, i in enumerate(ids)}
+        missing = [p.id for p in items if p.id not in where]
+        if missing:
+            raise MmrepError(f"--gallery-emb lacks item {missing[0]!r} of --items; export the same shard set")
+        order = [where[p.id] for p in items]
+        rest = np.setdiff1d(np.arange(len(ids)), order)
+        gallery_arrays = [g_emb[order], g_emb[rest]]
+    else:
+        print(f"encoding {len(gallery_items)} gallery items ({args.gallery_view})")
+        gallery_arrays = [embed_records(handle, gallery_items, args.gallery_view, args.batch_size, args.dim)]
+    extra = []
+    for d in args.distractors_emb:
+        meta, (_, emb) = _load_emb(d, "distractors")
+        check_dim(int(meta["dim"]), handle, args.dim, f"distractor embeddings in {d}")
+        extra.append(emb)
+    gallery = gallery_arrays + extra
+    total = sum(a.shape[0] for a in gallery)
+    positives = [[k] for k in range(len(items))]
+    source = {"encoder": handle.name, "items": args.items, "query_set": args.query_set, "gallery_view": args.gallery_view}
+    return q_emb, positives, iter(gallery), total, len(items), source

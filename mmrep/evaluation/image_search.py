@@ -1,0 +1,211 @@
+"""Image search recall: query image -> item recall@K over galleries up to millions, bounded memory.
+
+The gallery is streamed in chunks (from memory or from `mmrep export` part files); each chunk is
+searched with a faiss flat inner-product index and merged into a running top-K under mmrep's
+ranking rule (score desc, lower gallery index on ties). After the first n gallery rows the running
+top-K *is* the exact top-K of that prefix, so one pass reports recall at every nested gallery size
+(`sizes`) when the gallery is ordered ground-truth items first, then distractors.
+Memory: queries (Q, D) + one gallery chunk (C, D) + top-K lists (Q, K) + scores (q_chunk, C).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from mmrep.errors import MmrepError
+from mmrep.evaluation.metrics import merge_topk, recall_from_topk
+
+DEFAULT_RECALL_KS = (1, 5, 10, 50, 100)
+
+
+@dataclass
+class SearchConfig:
+    k: int = 100  # result list length (largest recall@K)
+    query_chunk: int = 4096  # queries scored per faiss call
+    gallery_chunk: int = 131072  # gallery rows per faiss index
+    threads: int = 0  # faiss OpenMP threads (0 = faiss default)
+
+    def __post_init__(self) -> None:
+        for name in ("k", "query_chunk", "gallery_chunk"):
+            if getattr(self, name) < 1:
+                raise MmrepError(f"image_search.{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class SearchResult:
+    """Running top-K of every query: scores (Q, K) float32, indices (Q, K) int64 (-1 = empty)."""
+
+    scores: np.ndarray
+    indices: np.ndarray
+    snapshots: dict[int, np.ndarray] = field(default_factory=dict)  # gallery size -> indices copy
+    seconds: float = 0.0
+
+
+def iter_chunks(gallery: np.ndarray | Iterable[np.ndarray], chunk: int) -> Iterator[np.ndarray]:
+    """Gallery rows as (C, D) float32 chunks from an array or an iterable of arrays."""
+    if isinstance(gallery, np.ndarray):
+        for start in range(0, gallery.shape[0], chunk):
+            yield np.ascontiguousarray(gallery[start : start + chunk], dtype=np.float32)
+        return
+    for part in gallery:
+        part = np.asarray(part)
+        for start in range(0, part.shape[0], chunk):
+            yield np.ascontiguousarray(part[start : start + chunk], dtype=np.float32)
+
+
+def chunked_search(
+    queries: np.ndarray,
+    gallery: np.ndarray | Iterable[np.ndarray],
+    cfg: SearchConfig = SearchConfig(),
+    sizes: Sequence[int] = (),
+) -> SearchResult:
+    """Exact inner-product top-K of each query over a streamed gallery; see the module docstring.
+
+    queries: (Q, D); gallery: (G, D) array or iterable of (n_i, D) arrays in gallery order.
+    `sizes`: gallery prefix sizes at which to snapshot the top-K indices (chunks are split there).
+    """
+    import faiss
+
+    if cfg.threads:
+        faiss.omp_set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    nq, dim = q.shape
+    k = cfg.k
+    best_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    best_i = np.full((nq, k), -1, dtype=np.int64)
+    cuts = sorted(set(int(s) for s in sizes if s > 0))
+    snapshots: dict[int, np.ndarray] = {}
+    seen = 0
+    for block in _split_at(iter_chunks(gallery, cfg.gallery_chunk), cuts):
+        if block.shape[1] != dim:
+            raise MmrepError(f"gallery embeddings have dimension {block.shape[1]} but queries have {dim}; use embeddings from the same encoder and --dim")
+        index = faiss.IndexFlatIP(dim)
+        index.add(block)
+        kk = min(k, block.shape[0])
+        for qs in range(0, nq, cfg.query_chunk):
+            s, i = _block_topk(index, block, q[qs : qs + cfg.query_chunk], kk)
+            i = np.where(i >= 0, i + seen, -1)
+            # faiss leaves the order of equal scores unspecified: re-sort by (score desc, index).
+            best_s[qs : qs + cfg.query_chunk], best_i[qs : qs + cfg.query_chunk] = merge_topk(
+                best_s[qs : qs + cfg.query_chunk], best_i[qs : qs + cfg.query_chunk], s, i, k
+            )
+        seen += block.shape[0]
+        if seen in cuts:
+            snapshots[seen] = best_i.copy()
+    if seen == 0:
+        raise MmrepError("the gallery is empty: nothing to search")
+    missing = [c for c in cuts if c > seen]
+    if missing:
+        raise MmrepError(f"gallery size {missing[0]} requested but the gallery holds only {seen} items; lower --sizes")
+    snapshots.setdefault(seen, best_i.copy())
+    return SearchResult(best_s, best_i, snapshots, time.perf_counter() - t0)
+
+
+def _block_topk(index, block: np.ndarray, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """faiss top-kk of one gallery block, with exact ties at the cut resolved by lower index.
+
+    faiss returns the right scores but picks arbitrarily among items tied with the kk-th score.
+    Asking for kk+1 results reveals such rows (the (kk+1)-th score equals the kk-th); only those rows
+    are re-ranked exactly: everything above the tied score, then the tied items in index order.
+    """
+    n = block.shape[0]
+    s, i = index.search(q, min(kk + 1, n))
+    if s.shape[1] <= kk:
+        return s, i
+    tied = np.flatnonzero(s[:, kk] == s[:, kk - 1])
+    s, i = s[:, :kk].copy(), i[:, :kk].copy()
+    for r in tied:
+        row = block @ q[r]
+        cut = np.partition(row, n - kk)[n - kk]  # the kk-th largest score
+        above = np.flatnonzero(row > cut)
+        sel = np.concatenate([above, np.flatnonzero(row == cut)[: kk - above.size]])
+        i[r], s[r] = sel, row[sel]
+    return s, i
+
+
+def _split_at(chunks: Iterator[np.ndarray], cuts: Sequence[int]) -> Iterator[np.ndarray]:
+    """Re-chunk so that every cut position falls on a chunk boundary."""
+    pos = 0
+    for c in chunks:
+        start = 0
+        n = c.shape[0]
+        for cut in cuts:
+            if pos + start < cut < pos + n:
+                yield c[start : cut - pos]
+                start = cut - pos
+        if start < n:
+            yield c[start:]
+        pos += n
+
+
+def recall_vs_size(result: SearchResult, positives: Sequence[Sequence[int]], ks: Sequence[int] = DEFAULT_RECALL_KS) -> list[dict]:
+    """Recall@K at every snapshotted gallery size: [{"gallery": n, "R@1": ..., ...}, ...]."""
+    ks = [k for k in ks if k <= result.indices.shape[1]]
+    rows = []
+    for size in sorted(result.snapshots):
+        # Queries whose ground truth lies beyond this prefix cannot hit: order ground truth first.
+        rows.append({"gallery": size, **recall_from_topk(result.snapshots[size], positives, ks)})
+    return rows
+
+
+def nested_order(n_gallery: int, relevant: Iterable[int], seed: int = 0) -> np.ndarray:
+    """A gallery permutation: relevant items first (in index order), then distractors shuffled."""
+    rel = np.unique(np.asarray(list(relevant), dtype=np.int64))
+    rest = np.setdiff1d(np.arange(n_gallery), rel)
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rel, rng.permutation(rest)])
+
+
+def default_sizes(total: int, start: int) -> list[int]:
+    """Nested gallery sizes: `start` (the relevant items), then x10 steps, then `total`."""
+    sizes, n = [], max(1, start)
+    while n < total:
+        sizes.append(n)
+        n = n * 10 if n >= 1000 else 1000
+    sizes.append(total)
+    return sorted(set(sizes))
+
+
+@dataclass
+class ImageSearchReport:
+    queries: int
+    dim: int
+    rows: list[dict]
+    seconds: float
+    source: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def markdown(self) -> str:
+        ks = [k for k in self.rows[0] if k.startswith("R@")] if self.rows else []
+        lines = [f"Image search: {self.queries} queries, {self.dim}-d, {self.seconds:.1f} s", ""]
+        lines.append("| gallery | " + " | ".join(ks) + " |")
+        lines.append("| ---: | " + " | ".join("---:" for _ in ks) + " |")
+        for r in self.rows:
+            lines.append(f"| {r['gallery']:,} | " + " | ".join(f"{100 * r[k]:.2f}" for k in ks) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def evaluate_embeddings(
+    query_emb: np.ndarray,
+    gallery: np.ndarray | Iterable[np.ndarray],
+    positives: Sequence[Sequence[int]],
+    cfg: SearchConfig = SearchConfig(),
+    sizes: Sequence[int] = (),
+    ks: Sequence[int] = DEFAULT_RECALL_KS,
+) -> ImageSearchReport:
+    """Search + recall@K per nested gallery size (positives index the gallery's streamed order)."""
+    if query_emb.shape[0] == 0:
+        raise MmrepError("no queries to evaluate (the query set is empty)")
+    ks = sorted(set(ks))
+    cfg = dataclasses.replace(cfg, k=max(cfg.k, max(ks)))
+    res = chunked_search(query_emb, gallery, cfg, sizes)
+    rows = recall_vs_size(res, positives, ks)
+    return ImageSearchReport(int(query_emb.shape[0]), int(query_emb.shape[1]), rows, res.seconds)

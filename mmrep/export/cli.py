@@ -1,0 +1,70 @@
+"""`mmrep export`: item / query embeddings of a shard set from an encoder dir.
+
+    mmrep export --encoder RUN/encoder --shards DATA/items/test --out EMB [--dim 128] [--dtype float16]
+                 [--kind queries --view text|image|both] [--faiss flat|ivf] [--part-size 4096]
+    deepspeed --num_gpus 2 eval/export.py --encoder ... (each rank exports a disjoint set of parts)
+Flags map onto the `export` config section; `--config FILE` (an `export:` section) and
+`--export.key=value` overrides work as everywhere else. Rerunning an interrupted export resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Sequence
+
+from mmrep.config import from_dict, parse_override, read_yaml, set_dotted, split_config_args
+from mmrep.errors import MmrepError
+
+
+def section_from_args(cls: type, section: str, argv: Sequence[str], parser: argparse.ArgumentParser) -> tuple[Any, argparse.Namespace]:
+    """`--config FILE` section + `--section.key=v` overrides + the parser's flags (None = unset) -> `cls`."""
+    config, overrides, rest = split_config_args(argv)
+    args = parser.parse_args(rest)
+    raw: dict[str, Any] = {}
+    if config:
+        data = read_yaml(config)
+        raw = dict(data.get(section, {}) if isinstance(data.get(section), dict) else {})
+    root = {section: raw}
+    for item in overrides:
+        key, value = parse_override(item)
+        if not key.startswith(section + "."):
+            raise MmrepError(f"override {item!r} must start with --{section}.")
+        set_dotted(root, key, value)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in vars(args).items():
+        if key in names and value is not None:
+            root[section][key] = value
+    return from_dict(cls, root[section], section), args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmrep export", description="item / query embeddings from an encoder dir")
+    p.add_argument("--encoder", help="encoder dir (RUN/encoder, written by training)")
+    p.add_argument("--shards", help="shard-set folder: products, queries (benchmark queries/) or triplets")
+    p.add_argument("--out", help="output folder (parts + index.json)")
+    p.add_argument("--kind", choices=["items", "queries"])
+    p.add_argument("--view", choices=["auto", "mm", "both", "text", "image"], help="modalities to embed (default mm)")
+    p.add_argument("--dim", type=int, help="Matryoshka dimension (default: full)")
+    p.add_argument("--dtype", choices=["float32", "float16"])
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--part-size", dest="part_size", type=int, help="input rows per part file (default 4096)")
+    p.add_argument("--max-images", dest="max_images", type=int)
+    p.add_argument("--faiss", choices=["none", "flat", "ivf"])
+    p.add_argument("--ivf-lists", dest="ivf_lists", type=int)
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished export")
+    p.add_argument("--strict", action="store_true", default=None, help="fail on a corrupt sample")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the DeepSpeed launcher passes it
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from mmrep.export.embeddings import ExportConfig, export
+
+    cfg, _ = section_from_args(ExportConfig, "export", argv, build_parser())
+    index = export(cfg)
+    if index:
+        print(f"wrote {index['count']} {index['kind']} embeddings ({index['dim']}-d {index['dtype']}, "
+              f"{len(index['parts'])} parts, {index['skipped']} skipped) to {cfg.out}")
+    return 0

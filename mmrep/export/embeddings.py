@@ -1,0 +1,554 @@
+"""Embedding export: every item (or query) of a shard set -> sharded safetensors files + index.json.
+
+Layout: see `mmrep.export.format` (and docs/benchmark-layout.md). Work is split into deterministic
+parts: part (s, c) = rows [c*part_size, (c+1)*part_size) of input shard s, by raw sample position
+(from the shard set's manifest counts; shard sets without a manifest get one part per shard). Part i
+goes to rank i % world_size, so every input row is read by exactly one rank, and the part files do
+not depend on the world size (a 2-rank export equals a 1-rank one). Each part is written to a temp
+file and renamed; a rerun skips parts whose file already holds the expected rows from the same
+encoder/settings. Rank 0 verifies the total count and id uniqueness, then writes index.json last.
+
+Inputs: product shard sets (items), query shard sets (`<key>.query.json` + `q.N.ext` images, written
+by `mmrep eval mbe --make-bench`) and triplet shard sets (their queries; row id = the triplet id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+
+from mmrep.batch import EncoderInput
+from mmrep.errors import MmrepError
+from mmrep.fsutil import atomic_write
+from mmrep.records import Product, Query, Triplet
+from mmrep.export.format import (FAISS_FILE, FORMAT, INDEX, TENSOR, VERSION, EmbeddingFormatError, part_name,
+                                 read_part, read_part_meta)
+
+QUERY_EXT = "query.json"
+View = Literal["mm", "text", "image"]
+
+
+# ---------------------------------------------------------------------------------------------
+# encoders
+
+
+@dataclass
+class EncoderHandle:
+    """An encoder ready for inference plus what the data side needs to feed it."""
+
+    encoder: Any  # mmrep.model.Encoder
+    collator: Any  # mmrep.data.collate.Collator
+    name: str
+    fingerprint: str
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encoder.embed_dim)
+
+
+def _sha256_files(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def open_encoder(path: str | Path | None = None, config: str | Path | None = None, seed: int = 0,
+                 max_images: int = 4, name: str = "") -> EncoderHandle:
+    """A trained encoder dir (`save_encoder` output) or a model config YAML (random init with `seed`)."""
+    from mmrep.config import from_dict, read_yaml, to_dict
+    from mmrep.data.readers import build_collator
+    from mmrep.data.tokenize import ProductTokenizer
+    from mmrep.model.config import ModelConfig
+    from mmrep.model.encoder import CONFIG_FILE, WEIGHTS_FILE, build_encoder, load_encoder
+
+    if (path is None) == (config is None):
+        raise MmrepError("give exactly one of an encoder dir (--encoder) or a model config (--encoder-config)")
+    if path is not None:
+        path = Path(path)
+        if not path.is_dir():
+            raise MmrepError(f"encoder dir not found: {path} (pass the encoder/ folder of a training run)")
+        encoder = load_encoder(path)
+        fingerprint = _sha256_files([path / CONFIG_FILE, path / WEIGHTS_FILE])
+        label = name or (path.parent.name + "/" + path.name if path.name == "encoder" else path.name)
+    else:
+        raw = read_yaml(config)
+        if isinstance(raw.get("model"), dict):
+            raw = raw["model"]
+        cfg = from_dict(ModelConfig, raw, "model")
+        torch.manual_seed(seed)
+        encoder = build_encoder(cfg).eval()
+        fingerprint = hashlib.sha256(json.dumps([to_dict(cfg), seed], sort_keys=True).encode()).hexdigest()[:16]
+        label = name or f"{Path(config).stem} (random init, seed {seed})"
+    cfg = encoder.cfg
+    collator = build_collator(ProductTokenizer(cfg.tokenizer), cfg.image_size, cfg.image_mean, cfg.image_std,
+                              max_images=max_images, train=False)
+    return EncoderHandle(encoder, collator, label, fingerprint)
+
+
+def select_view(inputs: EncoderInput, view: View) -> EncoderInput:
+    if view == "text":
+        return inputs.text_only()
+    if view == "image":
+        return inputs.image_only()
+    return inputs
+
+
+def has_view(record: Product | Query, view: View) -> bool:
+    """Whether a record can be embedded in this view (mm needs at least one modality)."""
+    if view == "text":
+        return record.has_text
+    if view == "image":
+        return record.has_image
+    return record.has_text or record.has_image
+
+
+@torch.inference_mode()
+def embed_records(handle: EncoderHandle, records: Sequence[Product | Query], view: View = "mm",
+                  batch_size: int = 64, dim: int = 0) -> np.ndarray:
+    """(N, D') float32 L2-normalised embeddings of products / queries in one view (D' = dim or D).
+
+    Every record must have the view's modality (`has_view`); batches never mix products and queries.
+    """
+    from mmrep.model.encoder import matryoshka
+
+    out = []
+    crop = getattr(handle.encoder.cfg, "crop", "none") == "extra_image"
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        if isinstance(chunk[0], Product):
+            if crop:  # MOON: catalogue images are fed together with their core-region crops
+                chunk = [_with_crops(p) for p in chunk]
+            inputs = handle.collator.products(chunk).inputs
+        else:
+            inputs = handle.collator.queries(chunk)
+        emb = handle.encoder(select_view(inputs, view)).embedding.float()
+        if dim:
+            emb = matryoshka(emb, dim)
+        out.append(emb.cpu().numpy())
+    d = dim or handle.embed_dim
+    return np.concatenate(out) if out else np.zeros((0, d), dtype=np.float32)
+
+
+def _with_crops(p: Product) -> Product:
+    from dataclasses import replace
+
+    from mmrep.model.crop import with_core_regions
+
+    return replace(p, images=with_core_regions(p.images), image_exts=p.image_exts + ["jpg"] * len(p.images))
+
+
+@torch.inference_mode()
+def embed_texts(handle: EncoderHandle, texts: Sequence[str], batch_size: int = 256, dim: int = 0) -> np.ndarray:
+    """(N, D') embeddings of plain strings (class prompts), text-only."""
+    from mmrep.model.encoder import matryoshka
+
+    out = []
+    for start in range(0, len(texts), batch_size):
+        emb = handle.encoder(handle.collator.texts(texts[start : start + batch_size])).embedding.float()
+        out.append((matryoshka(emb, dim) if dim else emb).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, dim or handle.embed_dim), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading shard sets by raw position
+
+
+def query_sample(q: Query) -> dict[str, Any]:
+    """A query as a WebDataset sample: `<key>.query.json` + `<key>.q.N.<ext>` images."""
+    from mmrep.records import sample_key
+
+    meta = q.meta("q.")
+    sample: dict[str, Any] = {"__key__": sample_key(q.id), QUERY_EXT: meta}
+    sample.update(zip(meta["images"], q.images))
+    return sample
+
+
+def decode_record(sample: dict[str, Any]) -> Product | Query | Triplet:
+    """Raw sample -> Product / Triplet (mmrep.data's decoder) or Query (query.json); CorruptSample on failure."""
+    from mmrep.data.readers import decode_sample
+    from mmrep.data.transforms import CorruptSample
+
+    if QUERY_EXT in sample:
+        key, shard = str(sample.get("__key__", "")), str(sample.get("__url__", ""))
+        try:
+            meta = sample[QUERY_EXT]
+            meta = json.loads(meta) if isinstance(meta, (bytes, str)) else meta
+            return Query.from_meta(meta, sample)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+            detail = f"query metadata is malformed ({type(e).__name__}: {e})"
+            raise CorruptSample(f"shard {shard}, sample {key}: {detail}", key=key, shard=shard, reason="bad_json",
+                                detail=detail) from None
+    return decode_sample(sample)
+
+
+def iter_raw(url: str) -> Iterator[dict[str, Any]]:
+    """The raw samples of one tar in order; a damaged tar raises MmrepError naming it."""
+    import webdataset as wds
+
+    def fail(exn: Exception) -> bool:
+        raise MmrepError(f"shard {url} is damaged ({type(exn).__name__}: {exn}); re-write it") from None
+
+    yield from wds.tarfile_to_samples(handler=fail)(iter([{"url": url}]))
+
+
+def as_exportable(record: Product | Query | Triplet, kind: str) -> Product | Query:
+    """The record to embed for `kind` ("items" or "queries")."""
+    if isinstance(record, Triplet):
+        if kind == "items":
+            raise MmrepError("this is a triplet shard set: export its queries with --kind queries, "
+                             "or export items from a product shard set (items/<split>)")
+        return Query(id=record.id, text=record.query.text, images=record.query.images,
+                     image_exts=record.query.image_exts, item_ids=record.query.item_ids)
+    if kind == "items" and not isinstance(record, Product):
+        raise MmrepError("this is a query shard set: pass --kind queries")
+    if kind == "queries" and isinstance(record, Product):
+        raise MmrepError("this is a product shard set: pass --kind items (or a query / triplet shard set)")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+@dataclass
+class ExportConfig:
+    """The `export` section (`mmrep export --config ... --export.key=value`, or the flags)."""
+
+    encoder: str = ""  # encoder dir written by training (RUN/encoder)
+    shards: str = ""  # a shard-set folder: products (items), queries or triplets (queries)
+    out: str = ""
+    kind: Literal["items", "queries"] = "items"
+    view: Literal["auto", "mm", "both", "text", "image"] = "auto"  # auto = mm; "both" = mm
+    dim: int = 0  # Matryoshka dimension (0 = the encoder's full embed_dim)
+    dtype: Literal["float32", "float16"] = "float32"
+    batch_size: int = 64
+    part_size: int = 4096  # input rows per part file
+    max_images: int = 4  # images per item fed to the encoder
+    faiss: Literal["none", "flat", "ivf"] = "none"
+    ivf_lists: int = 0  # IVF cells (0 = about 4 * sqrt(count))
+    overwrite: bool = False  # replace a finished export / parts from another encoder
+    strict: bool = False  # fail on a corrupt sample instead of skipping (and counting) it
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "part_size", "max_images"):
+            if getattr(self, key) < (0 if key == "max_images" else 1):
+                raise MmrepError(f"config key 'export.{key}' must be positive, got {getattr(self, key)}")
+        if self.dim < 0 or self.ivf_lists < 0:
+            raise MmrepError("config keys 'export.dim' and 'export.ivf_lists' must be >= 0")
+
+    @property
+    def resolved_view(self) -> View:
+        return "mm" if self.view in ("auto", "both") else self.view  # type: ignore[return-value]
+
+
+@dataclass
+class Part:
+    index: int  # position in the plan (decides the rank)
+    shard: int
+    chunk: int
+    url: str
+    start: int
+    stop: int | None  # None: to the end of the shard (count unknown)
+
+    @property
+    def name(self) -> str:
+        return part_name(self.shard, self.chunk)
+
+    @property
+    def expected(self) -> int | None:
+        return None if self.stop is None else self.stop - self.start
+
+
+def plan_parts(shards: str | Path, part_size: int) -> list[Part]:
+    """Deterministic parts of a shard set (see the module docstring)."""
+    from mmrep.data.readers import resolve_shards
+    from mmrep.data.shards import MANIFEST
+
+    urls = resolve_shards(str(shards))
+    counts: dict[str, int] = {}
+    for d in {Path(u).parent for u in urls}:
+        if (d / MANIFEST).is_file():
+            for s in json.loads((d / MANIFEST).read_text()).get("shards", []):
+                counts[str(d / s["name"])] = int(s["count"])
+    parts: list[Part] = []
+    for s, url in enumerate(urls):
+        n = counts.get(str(Path(url)))
+        if n is None:
+            parts.append(Part(len(parts), s, 0, url, 0, None))
+            continue
+        for c, start in enumerate(range(0, n, part_size)):
+            parts.append(Part(len(parts), s, c, url, start, min(start + part_size, n)))
+    return parts
+
+
+def _settings(cfg: ExportConfig, handle: EncoderHandle) -> dict[str, str]:
+    """What a part's contents depend on: a finished part is reused only when all of these match."""
+    return {"fingerprint": handle.fingerprint, "kind": cfg.kind, "view": cfg.resolved_view,
+            "dim": str(cfg.dim or handle.embed_dim), "dtype": cfg.dtype, "max_images": str(cfg.max_images)}
+
+
+def part_is_done(file: Path, part: Part, settings: dict[str, str]) -> bool:
+    """True when `file` is a complete part from the same settings; raises if it is from another encoder."""
+    if not file.is_file():
+        return False
+    try:
+        meta = read_part_meta(file)
+    except Exception:  # an unreadable file under a final name cannot come from us; redo it
+        return False
+    if meta.get("fingerprint") != settings["fingerprint"]:
+        raise MmrepError(f"{file.parent} holds parts from another encoder; pass --overwrite to replace them or use a new --out")
+    if any(meta.get(k) != v for k, v in settings.items()):
+        raise MmrepError(f"{file.parent} holds parts exported with other settings "
+                         f"({', '.join(f'{k}={meta.get(k)}' for k in settings if meta.get(k) != settings[k])}); "
+                         "pass --overwrite or use a new --out")
+    if part.expected is None:
+        return True
+    return int(meta.get("count", -1)) + int(meta.get("skipped", -1)) == part.expected
+
+
+def write_part(file: Path, ids: list[str], emb: np.ndarray, meta: dict[str, str]) -> None:
+    """Atomic: serialise to memory, write a temp file, rename."""
+    from safetensors.numpy import save
+
+    data = save({TENSOR: np.ascontiguousarray(emb)}, metadata=meta | {"ids": json.dumps(ids), "count": str(len(ids))})
+    with atomic_write(file, "wb") as f:
+        f.write(data)
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world) from the launcher's environment; initialises a gloo group when world > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(hours=2))
+    return rank, world
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse to clobber: a finished export needs --overwrite; a foreign non-empty folder is refused."""
+    if out.exists() and not out.is_dir():
+        raise MmrepError(f"--out {out} is a file; give a folder")
+    if not out.exists():
+        out.mkdir(parents=True)
+        return
+    ours = (out / INDEX).exists() or any(out.glob("part-*.safetensors")) or (out / "export.yaml").exists()
+    if any(out.iterdir()) and not ours:
+        raise MmrepError(f"--out {out} is a non-empty folder that is not an mmrep export; choose another path")
+    if (out / INDEX).exists() and not overwrite:
+        raise MmrepError(f"{out} already holds a finished export; pass --overwrite to replace it")
+    if overwrite:
+        for p in list(out.iterdir()):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def export(cfg: ExportConfig, handle: EncoderHandle | None = None) -> dict[str, Any]:
+    """Run (or resume) an export on this rank; rank 0 returns the index.json content (others: {})."""
+    from mmrep.config import save_resolved
+
+    if not cfg.shards:
+        raise MmrepError("no input shard set: pass --shards DIR (a products, queries or triplets shard set)")
+    if not cfg.out:
+        raise MmrepError("no output folder: pass --out DIR")
+    if handle is None:
+        if not cfg.encoder:
+            raise MmrepError("no encoder: pass --encoder RUN/encoder")
+        handle = open_encoder(cfg.encoder, max_images=cfg.max_images)
+    if cfg.dim and cfg.dim > handle.embed_dim:
+        raise MmrepError(f"--dim {cfg.dim} exceeds the encoder's embedding size {handle.embed_dim}")
+    out = Path(cfg.out)
+    parts = plan_parts(cfg.shards, cfg.part_size)
+    rank, world = _dist()
+    if rank == 0:
+        _prepare_out(out, cfg.overwrite)
+        save_resolved(cfg, out, "export.yaml")
+    _barrier(world)
+    settings = _settings(cfg, handle)
+    mine = [p for p in parts if p.index % world == rank]
+    todo = [p for p in mine if not part_is_done(out / p.name, p, settings)]
+    _export_parts(cfg, handle, todo, out, settings, show=cfg.progress and rank == 0,
+                  reused=len(mine) - len(todo))
+    _barrier(world)
+    index = finalize(cfg, handle, parts, out, settings) if rank == 0 else {}
+    _barrier(world)
+    return index
+
+
+def _export_parts(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], out: Path, settings: dict[str, str],
+                  show: bool, reused: int) -> None:
+    from tqdm import tqdm
+
+    from mmrep.data.transforms import CorruptSample
+
+    view = cfg.resolved_view
+    known = [p.expected for p in todo]
+    total = sum(known) if all(k is not None for k in known) else None
+    bar = tqdm(total=total, unit="item", desc=f"export ({reused} parts reused)", disable=not show, dynamic_ncols=True)
+    t0, done = time.perf_counter(), 0
+    by_url: dict[str, list[Part]] = {}
+    for p in todo:
+        by_url.setdefault(p.url, []).append(p)
+    for url, url_parts in by_url.items():
+        url_parts.sort(key=lambda p: p.start)
+        pending = iter(url_parts)
+        part = next(pending)
+        records: list[Product | Query] = []
+        skipped = 0
+
+        def flush(p: Part) -> None:
+            nonlocal records, skipped
+            emb = embed_records(handle, records, view, cfg.batch_size, cfg.dim)
+            emb = emb.astype(np.float16 if cfg.dtype == "float16" else np.float32)
+            write_part(out / p.name, [r.id for r in records], emb, settings | {
+                "format": FORMAT, "version": str(VERSION), "part": p.name, "skipped": str(skipped),
+                "source": str(p.url), "start": str(p.start)})
+            records, skipped = [], 0
+
+        for pos, sample in enumerate(iter_raw(url)):
+            while part is not None and part.stop is not None and pos >= part.stop:
+                flush(part)
+                part = next(pending, None)
+            if part is None:
+                break
+            if pos < part.start:
+                continue
+            try:
+                record = as_exportable(decode_record(sample), cfg.kind)
+                if not has_view(record, view):
+                    raise CorruptSample(f"{record.id} has no {view} modality", key=record.id, reason="empty_sample",
+                                        detail=f"no {view} modality to embed")
+                records.append(record)
+            except CorruptSample as e:
+                if cfg.strict:
+                    raise MmrepError(f"corrupt sample in {url}: {e.detail} (drop --strict to skip and count it)") from None
+                skipped += 1
+            bar.update(1)
+            done += 1
+        while part is not None:  # the shard ended: flush what remains
+            if part.stop is not None and part.start + len(records) + skipped != part.stop:
+                raise MmrepError(f"{url} holds fewer samples than its manifest says (part {part.name}); the shard set is damaged")
+            flush(part)
+            part = next(pending, None)
+    bar.close()
+    if show and done:
+        dt = time.perf_counter() - t0
+        print(f"exported {done} rows in {dt:.1f} s ({done / max(dt, 1e-9):.0f} items/s) on this rank")
+
+
+def finalize(cfg: ExportConfig, handle: EncoderHandle, parts: list[Part], out: Path, settings: dict[str, str]) -> dict:
+    """Verify every part (present, expected count, ids unique across the export), faiss, index.json last."""
+    seen: set[str] = set()
+    entries, total, skipped = [], 0, 0
+    for p in parts:
+        file = out / p.name
+        if not part_is_done(file, p, settings):
+            raise MmrepError(f"part {file} is missing or incomplete after export (a rank failed?); rerun to resume")
+        meta = read_part_meta(file)
+        ids = json.loads(meta["ids"])
+        dup = next((i for i in ids if i in seen), None)
+        if dup is not None or len(set(ids)) != len(ids):
+            dup = dup if dup is not None else next(i for i in ids if ids.count(i) > 1)
+            raise MmrepError(f"id {dup!r} occurs more than once in {cfg.shards}; ids must be unique for an export")
+        seen.update(ids)
+        entries.append({"name": p.name, "count": len(ids)})
+        total += len(ids)
+        skipped += int(meta.get("skipped", 0))
+    expected = sum(p.expected for p in parts) if all(p.expected is not None for p in parts) else None
+    if expected is not None and total + skipped != expected:
+        raise MmrepError(f"export holds {total} rows + {skipped} skipped but the shard set has {expected}; rerun with --overwrite")
+    if total == 0:
+        raise MmrepError(f"nothing to export: {cfg.shards} has no usable {cfg.kind}")
+    dim = cfg.dim or handle.embed_dim
+    faiss_name = build_faiss(out, [e["name"] for e in entries], cfg, dim) if cfg.faiss != "none" else None
+    index = {
+        "format": FORMAT, "version": VERSION, "kind": cfg.kind, "view": cfg.resolved_view, "dim": dim,
+        "dtype": cfg.dtype, "count": total, "skipped": skipped, "normalized": True, "parts": entries,
+        "encoder": {"name": handle.name, "path": cfg.encoder, "fingerprint": handle.fingerprint,
+                    "embed_dim": handle.embed_dim},
+        "source": str(cfg.shards), "faiss": faiss_name, "faiss_type": cfg.faiss if faiss_name else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with atomic_write(out / INDEX, "w") as f:
+        json.dump(index, f, indent=1)
+    return index
+
+
+def build_faiss(out: Path, names: list[str], cfg: ExportConfig, dim: int) -> str:
+    """An inner-product faiss index over every part (row order = part order), written atomically."""
+    import faiss
+
+    chunks = [read_part(out / n)[1].astype(np.float32) for n in names]
+    xb = np.concatenate(chunks)
+    if cfg.faiss == "flat":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = cfg.ivf_lists or max(1, int(4 * np.sqrt(len(xb))))
+        nlist = min(nlist, len(xb))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(xb)
+    index.add(xb)
+    tmp = out / f".{FAISS_FILE}.tmp"
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, out / FAISS_FILE)
+    return FAISS_FILE
+
+
+def check_dim(stored: int, handle: EncoderHandle, dim: int = 0, what: str = "stored embeddings") -> None:
+    """A clear error when an encoder's output size differs from embeddings computed elsewhere."""
+    mine = dim or handle.embed_dim
+    if mine != stored:
+        raise MmrepError(f"encoder {handle.name} gives {mine}-d embeddings but the {what} are {stored}-d; "
+                         "use the encoder that produced them (or the matching --dim)")
+
+
+__all__ = ["ExportConfig", "EncoderHandle", "save_embeddings", "open_encoder", "embed_records", "embed_texts", "export", "plan_parts",
+           "query_sample", "decode_record", "check_dim", "EmbeddingFormatError", "read_part"]
+
+
+def save_embeddings(out: str | Path, ids: Sequence[str], emb: np.ndarray, part_size: int = 100_000,
+                    kind: str = "items", name: str = "arrays", fingerprint: str = "none", overwrite: bool = False) -> dict:
+    """Write precomputed (N, D) embeddings + ids in the export format (e.g. synthetic or third-party vectors)."""
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    if len(ids) != emb.shape[0] or len(set(ids)) != len(ids):
+        raise MmrepError("save_embeddings needs one unique id per embedding row")
+    dtype = "float16" if emb.dtype == np.float16 else "float32"
+    entries = []
+    for c, start in enumerate(range(0, len(ids), part_size)):
+        name_c = part_name(0, c)
+        chunk_ids = [str(i) for i in ids[start : start + part_size]]
+        write_part(out / name_c, chunk_ids, emb[start : start + part_size].astype(dtype),
+                   {"format": FORMAT, "version": str(VERSION), "fingerprint": fingerprint, "kind": kind,
+                    "dim": str(emb.shape[1]), "dtype": dtype, "skipped": "0"})
+        entries.append({"name": name_c, "count": len(chunk_ids)})
+    index = {"format": FORMAT, "version": VERSION, "kind": kind, "view": "mm", "dim": int(emb.shape[1]), "dtype": dtype,
+             "count": len(ids), "skipped": 0, "normalized": False, "parts": entries,
+             "encoder": {"name": name, "fingerprint": fingerprint}, "faiss": None}
+    with atomic_write(out / INDEX, "w") as f:
+        json.dump(index, f, indent=1)
+    return index

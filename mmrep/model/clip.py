@@ -1,0 +1,104 @@
+"""Backbone "clip": the dense open_clip two-tower baseline, and its export to open_clip's format.
+
+image-only -> encode_image (several images: mean of the normalised image embeddings);
+text-only -> encode_text on the open_clip ids our tokenizer emits (SOT/EOT included);
+image + text -> the normalised sum of both. Output is L2-normalised by `Encoder.forward`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mmrep.batch import EncoderInput
+from mmrep.errors import MmrepError
+from mmrep.fsutil import atomic_dir
+from mmrep.model.config import ModelConfig
+from mmrep.model.encoder import Encoder
+from mmrep.model.moe import Routing
+from mmrep.model.towers import OPEN_CLIP_VOCAB, open_clip_model_cfg, open_clip_state
+
+
+def clip_model_cfg(cfg: ModelConfig) -> dict[str, Any]:
+    """open_clip `model_cfg` (the dict `open_clip_config.json` holds) for this ModelConfig."""
+    if cfg.clip.name:
+        model_cfg = dict(open_clip_model_cfg(cfg.clip.name))
+        if model_cfg["embed_dim"] != cfg.embed_dim:
+            raise MmrepError(f"model.embed_dim ({cfg.embed_dim}) must equal {cfg.clip.name}'s {model_cfg['embed_dim']}")
+        model_cfg["vision_cfg"] = dict(model_cfg["vision_cfg"], image_size=cfg.image_size)
+    else:
+        v, t = cfg.vision, cfg.text
+        model_cfg = {
+            "embed_dim": cfg.embed_dim,
+            "vision_cfg": {"image_size": cfg.image_size, "layers": v.layers, "width": v.width,
+                           "head_width": v.width // v.heads, "mlp_ratio": v.mlp_ratio, "patch_size": v.patch_size},
+            "text_cfg": {"context_length": cfg.tokenizer.context_length, "vocab_size": OPEN_CLIP_VOCAB,
+                         "width": t.width, "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_ratio},
+        }
+    # DeepSpeed 0.19.8 crashes on 0-dim parameters (logit_scale): keep it shape [1].
+    model_cfg["nonscalar_logit_scale"] = True
+    return model_cfg
+
+
+class ClipEncoder(Encoder):
+    """open_clip `CLIP` behind the Encoder interface; `self.clip` is a plain open_clip model."""
+
+    def __init__(self, cfg: ModelConfig, load_pretrained: bool = True):
+        super().__init__(cfg)
+        from open_clip.model import CLIP
+
+        if cfg.backbone != "clip":
+            raise MmrepError("ClipEncoder needs model.backbone 'clip'")
+        self.model_cfg = clip_model_cfg(cfg)
+        self.clip = CLIP(**self.model_cfg)
+        if cfg.clip.name and cfg.clip.pretrained and load_pretrained:
+            state = open_clip_state(cfg.clip.name, cfg.clip.pretrained)
+            state["logit_scale"] = state["logit_scale"].reshape(1)
+            self.clip.load_state_dict(state)
+        self.context_length = self.clip.context_length
+        if cfg.tokenizer.context_length > self.context_length:
+            raise MmrepError(f"model.tokenizer.context_length ({cfg.tokenizer.context_length}) exceeds the CLIP "
+                             f"text context ({self.context_length})")
+
+    def encode(self, inputs: EncoderInput) -> tuple[torch.Tensor, list[tuple[Routing, torch.Tensor]]]:
+        b = inputs.batch_size
+        out = None
+        if inputs.image_mask.shape[1] and inputs.image_mask.any():
+            rows = inputs.image_mask.nonzero(as_tuple=True)[0]
+            img = self.clip.encode_image(inputs.pixels[inputs.image_mask], normalize=True)
+            total = img.new_zeros(b, img.shape[1]).index_add(0, rows, img)
+            count = torch.bincount(rows, minlength=b).clamp_min(1).to(img.dtype)
+            out = F.normalize(total / count[:, None], dim=-1) * inputs.has_image[:, None]
+        if inputs.text_ids.shape[1] and inputs.text_mask.any():
+            ids = inputs.text_ids * inputs.text_mask
+            if ids.shape[1] > self.context_length:
+                raise ValueError(f"text length {ids.shape[1]} exceeds the CLIP context {self.context_length}")
+            # open_clip adds all context_length positions: pad on the right (causal mask -> no effect on real tokens)
+            ids = F.pad(ids, (0, self.context_length - ids.shape[1]))
+            txt = self.clip.encode_text(ids, normalize=True) * inputs.has_text[:, None]
+            out = txt if out is None else out + txt
+        return out, []
+
+
+def export_open_clip(encoder: ClipEncoder, out_dir: str | Path) -> Path:
+    """Write `open_clip_config.json` + `open_clip_model.safetensors`, loadable as `local-dir:DIR` by open_clip."""
+    from safetensors.torch import save_file
+
+    if not isinstance(encoder, ClipEncoder):
+        raise MmrepError("only backbone 'clip' encoders export to the open_clip format")
+    cfg = encoder.cfg
+    meta = {
+        "model_cfg": encoder.model_cfg,
+        "preprocess_cfg": {"size": cfg.image_size, "mean": list(cfg.image_mean), "std": list(cfg.image_std),
+                           "interpolation": "bicubic", "resize_mode": "shortest"},
+    }
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "open_clip_config.json").write_text(json.dumps(meta, indent=2))
+        state = {k: v.detach().contiguous() for k, v in encoder.clip.state_dict().items()}
+        save_file(state, str(tmp / "open_clip_model.safetensors"))
+    return out_dir

@@ -1,0 +1,163 @@
+"""`generate_world(cfg, out_dir)`: the built-in product world, written as shard sets + CSV tables.
+
+Layout:
+    world.json, config.yaml, items/{train,val,test}/, triplets/{train,val,test}/, interactions.csv,
+    pairs.csv, item_factors.csv (ground truth, analysis only), users.csv
+The output is a pure function of the config: the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from mmrep.config import save_resolved, to_dict
+from mmrep.data.shards import ShardWriter
+from mmrep.errors import MmrepError
+from mmrep.fsutil import atomic_dir, atomic_write
+from mmrep.records import Product, Triplet, sample_key
+from mmrep.synth import behaviour as bh
+from mmrep.synth.catalog import COLOURS, MARK_SHAPES, MATERIALS, PATTERNS, STYLES, TIERS
+from mmrep.synth.config import PRESETS, SynthConfig, WorldConfig  # noqa: F401  (re-exported)
+from mmrep.synth.records import SPLITS, RecordBuilder, WorldRecords
+from mmrep.synth.text import ATTRIBUTE_KEYS
+
+FORMAT = "mmrep-world/1"
+EVENT_NAMES = ("exposure", "click", "purchase")
+
+
+def _csv_bytes(header: list[str], rows) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def _write(path: Path, data: bytes) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MmrepError(f"output path {out} is a file; pass a folder to --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise MmrepError(f"output folder {out} is not empty; pass --overwrite to replace it or choose another --out")
+    return out
+
+
+def generate_world(cfg: WorldConfig, out_dir: str | Path, overwrite: bool = False,
+                   log: Callable[[str], None] | None = None, workers: int = 0) -> dict:
+    """Generate the world into `out_dir` (built under a temp name, renamed when complete); returns the
+    summary that is also stored in world.json. `workers` > 1 renders in that many processes (same bytes)."""
+    out = check_out_dir(out_dir, overwrite)
+    say = log or (lambda msg: None)
+    w = WorldRecords(cfg)
+    items, users = w.items, w.users
+
+    say("behaviour log")
+    browse = bh.browse_sessions(cfg, users, items)
+    plans = bh.plan_queries(cfg, users, items)
+    searches = bh.query_sessions(cfg, users, items, plans)
+    cover = bh.coverage_sessions(cfg, users, items, browse + searches)
+    sessions = browse + searches + cover
+    bh.assign_times(cfg, sessions)
+    events = bh.event_table(sessions)
+    pairs = bh.item_pairs(cfg, items, sessions)
+    times = np.sort(np.array([s.time for s in sessions]))
+    split_time = int(times[min(len(times) - 1, int(len(times) * (1 - cfg.ctr_test_frac)))])
+
+    counts: dict = {"items": {}, "triplets": {}, "images": 0, "query_images": 0}
+    missing = {"title": 0, "description": 0, "images": 0, **{f"attributes.{k}": 0 for k in ATTRIBUTE_KEYS}}
+    needed = {q.positive for q in plans} | {n for q in plans for n in q.negatives}
+    with RecordBuilder(w, workers) as builder, atomic_dir(out) as tmp:
+        kept: dict[int, Product] = {}
+        for s, split in enumerate(SPLITS):
+            say(f"items/{split}")
+            with ShardWriter(tmp / "items" / split, split, cfg.shard_size, kind="products", mtime=0) as sw:
+                idx = np.flatnonzero(items.split == s).tolist()
+                for i, p in zip(idx, builder.products(idx)):
+                    sw.write({"__key__": sample_key(p.id), **p.to_sample()})
+                    counts["images"] += len(p.images)
+                    missing["title"] += not p.title
+                    missing["description"] += not p.description
+                    missing["images"] += not p.images
+                    for k in ATTRIBUTE_KEYS:
+                        missing[f"attributes.{k}"] += k not in p.attributes
+                    if i in needed:
+                        kept[i] = p
+            counts["items"][split] = sw.count
+        for s, split in enumerate(SPLITS):
+            say(f"triplets/{split}")
+            with ShardWriter(tmp / "triplets" / split, split, cfg.shard_size, kind="triplets", mtime=0) as sw:
+                split_plans = [q for q in plans if q.split == s]
+                for q, query in zip(split_plans, builder.queries(split_plans)):
+                    counts["query_images"] += len(query.images)
+                    t = Triplet(f"t{q.index:06d}", query, kept[q.positive], [kept[n] for n in q.negatives])
+                    sw.write(t.to_sample())
+            counts["triplets"][split] = sw.count
+
+        say("tables")
+        qids = {q.index: f"q{q.index:06d}" for q in plans}
+        _write(tmp / "interactions.csv", _csv_bytes(["user", "item", "time", "event", "query"], (
+            (w.user_ids[u], w.item_ids[i], t, EVENT_NAMES[e], qids.get(q, ""))
+            for u, i, t, e, q in zip(events["user"].tolist(), events["item"].tolist(), events["time"].tolist(),
+                                     events["event"].tolist(), events["query"].tolist()))))
+        _write(tmp / "pairs.csv", _csv_bytes(["item_a", "item_b", "kind"],
+                                             ((w.item_ids[a], w.item_ids[b], k) for a, b, k in pairs)))
+        _write(tmp / "item_factors.csv", _csv_bytes(
+            ["item", "split", "top_category", "category", "colour", "pattern", "pattern_colour", "brand", "material",
+             "style", "price_tier", "price", "popularity"],
+            ((w.item_ids[i], SPLITS[items.split[i]], w.subs[items.sub[i]][0], w.subs[items.sub[i]][1],
+              COLOURS[items.colour[i]][0], PATTERNS[items.pattern[i]][0], COLOURS[items.pattern_colour[i]][0],
+              w.brands.names[items.brand[i]], MATERIALS[items.material[i]], STYLES[items.style[i]][0],
+              TIERS[items.tier[i]], f"{items.price[i]:.2f}", f"{items.popularity[i]:.4f}")
+             for i in range(len(items)))))
+        _write(tmp / "users.csv", _csv_bytes(["user", "favourite_categories", "favourite_colours",
+                                              "favourite_brands", "price_tier", "taste"],
+                                             (_user_row(w, u) for u in range(len(users)))))
+        n_ev = np.bincount(events["event"], minlength=3)
+        train_rows = events["time"] < split_time
+        modes = [q.mode for q in plans]
+        counts.update({
+            "users": cfg.n_users, "queries": {m: modes.count(m) for m in ("text", "image", "text+image")},
+            "sessions": len(sessions), "interactions": {EVENT_NAMES[k]: int(n_ev[k]) for k in range(3)},
+            "ctr_exposures": {"train": int(((events["event"] == 0) & train_rows).sum()),
+                              "test": int(((events["event"] == 0) & ~train_rows).sum())},
+            "pairs": {k: sum(p[2] == k for p in pairs) for k in ("co-click", "co-purchase")},
+        })
+        summary = {
+            "format": FORMAT, "config": to_dict(cfg), "counts": counts,
+            "missing_rates": {k: round(v / cfg.n_items, 4) for k, v in missing.items()},
+            "ctr_split_time": split_time,
+            "ctr_split_rule": "CTR train = rows with time < ctr_split_time; test = the rest",
+            "label_rule": "an exposure is clicked iff a click row with the same (user, item, time) exists",
+            "vocabulary": {"categories": [[t, s] for t, s, _, _ in w.subs],
+                           "colours": [c[0] for c in COLOURS], "patterns": [p[0] for p in PATTERNS],
+                           "materials": MATERIALS, "styles": [s[0] for s in STYLES], "price_tiers": TIERS,
+                           "brands": w.brands.names, "brand_marks": [MARK_SHAPES[m] for m in w.brands.mark]},
+        }
+        _write(tmp / "world.json", (json.dumps(summary, indent=1) + "\n").encode())
+        save_resolved(SynthConfig(world=cfg), tmp)
+    return summary
+
+
+def _user_row(w: WorldRecords, u: int) -> tuple:
+    us = w.users
+    top_subs = np.argsort(-us.sub_pref[u])[:2]
+    top_cols = np.argsort(-us.colour_pref[u])[:2]
+    top_brands = np.argsort(-us.brand_pref[u])[:3]
+    taste = {"sub_pref": np.round(us.sub_pref[u], 4).tolist(), "colour_pref": np.round(us.colour_pref[u], 4).tolist(),
+             "pattern_pref": np.round(us.pattern_pref[u], 4).tolist(),
+             "style_pref": np.round(us.style_pref[u], 4).tolist(),
+             "brand_pref": np.round(us.brand_pref[u], 4).tolist(), "tier_pref": int(us.tier_pref[u])}
+    return (w.user_ids[u], "|".join(w.subs[s][1] for s in top_subs), "|".join(COLOURS[c][0] for c in top_cols),
+            "|".join(w.brands.names[b] for b in top_brands), TIERS[us.tier_pref[u]],
+            json.dumps(taste, separators=(",", ":")))

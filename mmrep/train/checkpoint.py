@@ -1,0 +1,162 @@
+"""DeepSpeed checkpoints that are never visible half-written, a `latest` tag, and keep-last-K.
+
+Layout under `dir`: `global_stepN/` (DeepSpeed's files + `rank<r>_state.pt` with RNG and data position + `trainer_state.json`) and
+`latest` (the newest complete tag). A save goes into `.tmp-<tag>/` on every rank; after a barrier rank
+0 renames it to `<tag>` and only then rewrites `latest`, so a crash at any point leaves either the
+previous checkpoint or the new one, never a partial one (stale temp dirs are removed on the next start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mmrep.errors import MmrepError
+from mmrep.fsutil import atomic_write
+
+LATEST = "latest"
+TMP_PREFIX = ".tmp-"
+STATE_FILE = "trainer_state.json"
+_TAG = re.compile(r"^global_step(\d+)$")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # 0: only at the end (and when the time budget runs out)
+    keep_last: int = 2  # complete checkpoints kept; older ones are deleted after a new one lands
+    dir: str = ""  # default: <output_dir>/checkpoints
+    resume: str = ""  # "latest", a tag (global_stepN), or "" to start fresh
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise MmrepError("checkpoint.every_steps must be >= 0 (0 saves only at the end)")
+        if self.keep_last < 1:
+            raise MmrepError("checkpoint.keep_last must be at least 1")
+
+
+def tag_for(step: int) -> str:
+    return f"global_step{step}"
+
+
+def list_tags(ckpt_dir: str | Path) -> list[str]:
+    """Complete checkpoint tags, oldest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    tags = [(int(m.group(1)), p.name) for p in ckpt_dir.iterdir() if p.is_dir() and (m := _TAG.match(p.name))]
+    return [name for _, name in sorted(tags)]
+
+
+def read_latest(ckpt_dir: str | Path) -> str | None:
+    path = Path(ckpt_dir) / LATEST
+    if not path.is_file():
+        return None
+    tag = path.read_text().strip()
+    return tag if (Path(ckpt_dir) / tag).is_dir() else None
+
+
+def resolve_tag(ckpt_dir: str | Path, resume: str) -> str:
+    """`latest` or an explicit tag -> an existing complete tag, or MmrepError naming what exists."""
+    ckpt_dir = Path(ckpt_dir)
+    tags = list_tags(ckpt_dir)
+    if resume == LATEST:
+        tag = read_latest(ckpt_dir) or (tags[-1] if tags else None)
+        if tag is None:
+            raise MmrepError(f"--resume latest: no checkpoint in {ckpt_dir} (train without --resume first, "
+                             f"or set checkpoint.dir to the run's checkpoint folder)")
+        return tag
+    if resume not in tags:
+        raise MmrepError(f"--resume {resume}: no such checkpoint in {ckpt_dir} "
+                         f"(available: {', '.join(tags) or 'none'}; or use --resume latest)")
+    return resume
+
+
+def clean_stale(ckpt_dir: str | Path) -> list[str]:
+    """Remove temp dirs left by a save that was killed (rank 0, before any new save)."""
+    ckpt_dir = Path(ckpt_dir)
+    removed = []
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+    return removed
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def save(engine, ckpt_dir: str | Path, step: int, trainer_state: dict[str, Any], keep_last: int,
+         rank_state: dict[str, Any] | None = None) -> str:
+    """Save a complete checkpoint for optimizer step `step` on every rank; returns its tag.
+
+    `trainer_state` (step, samples seen, ...) is rank 0's; `rank_state` (data position) is kept per rank
+    beside that rank's RNG states."""
+    ckpt_dir = Path(ckpt_dir)
+    tag = tag_for(step)
+    tmp_tag = TMP_PREFIX + tag
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
+    _barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state={"trainer": trainer_state}, save_latest=False)
+    (ckpt_dir / tmp_tag).mkdir(parents=True, exist_ok=True)
+    torch.save({"rng": rng_state(), "state": rank_state or {}}, ckpt_dir / tmp_tag / f"rank{rank}_state.pt")
+    _barrier()  # every rank's files are on disk
+    if rank == 0:
+        with atomic_write(ckpt_dir / tmp_tag / STATE_FILE, "w") as f:
+            json.dump(trainer_state, f, indent=1)
+        final = ckpt_dir / tag
+        if final.exists():  # re-saving the same step (e.g. end of run right after a periodic save)
+            shutil.rmtree(final)
+        os.replace(ckpt_dir / tmp_tag, final)
+        with atomic_write(ckpt_dir / LATEST, "w") as f:
+            f.write(tag)
+        for old in list_tags(ckpt_dir)[:-keep_last]:
+            shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+    _barrier()
+    return tag
+
+
+def load(engine, ckpt_dir: str | Path, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore module, optimizer, LR schedule and this rank's RNG; -> (trainer state, this rank's state)."""
+    ckpt_dir = Path(ckpt_dir)
+    path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+    if path is None:
+        raise MmrepError(f"checkpoint {ckpt_dir / tag} could not be loaded (is it from another model or world size?)")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank_file = ckpt_dir / tag / f"rank{rank}_state.pt"
+    rank_state: dict[str, Any] = {}
+    if rank_file.is_file():
+        saved = torch.load(rank_file, weights_only=False)
+        set_rng_state(saved["rng"])
+        rank_state = saved["state"]
+    return dict(client.get("trainer", {})), rank_state

@@ -1,0 +1,572 @@
+"""Training objectives: pretrain (intra-product + view alignment), post-train (dual-level alignment),
+item alignment (QARM). One interface for the trainer:
+
+    feats = objective.features(encoder, batch)       # embeddings with grad, aux losses, gates
+    out = objective.loss(feats, step, total_steps)   # LossOutput(loss, metrics)
+    objective.after_step(feats)                      # e.g. push items to the memory queue
+
+`Features` holds only batch-indexed tensors (dim 0 = sample), so a trainer can cache features of
+several micro-batches and `concat_features` them: the whole accumulated batch then serves as
+contrastive negatives (open_clip's accum-freq recipe), which DeepSpeed's own accumulation does not do.
+The objective is an `nn.Module` (learnable temperature, queue buffers): train and checkpoint it with
+the encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmrep.batch import EncoderInput
+from mmrep.errors import MmrepError
+from mmrep.records import Interaction, ItemPair
+from mmrep.train.filtering import DynamicFilter, filter_stats, hardest_negative
+from mmrep.train.losses import (LogitScale, gather_no_grad, gather_with_grad, global_mean, id_hash, info_nce,
+                                matryoshka_weights, symmetric_contrastive, truncate, world)
+from mmrep.train.negatives import MemoryQueue, mine_hard_negatives
+
+VIEWS = ("t", "i", "mm")  # objective ids 0 / 1 / 2 = the encoder's W* columns (MOON2.0's ω)
+VIEW_ID = {v: i for i, v in enumerate(VIEWS)}
+
+
+@dataclass
+class LossConfig:
+    """The `loss` config section: every term and negative source is a switch (ablations)."""
+
+    temperature: float = 0.07  # initial; learnable unless learn_temperature is false
+    learn_temperature: bool = True
+    max_logit_scale: float = 100.0
+    # dual-level alignment (post-train)
+    views: list[str] = field(default_factory=lambda: list(VIEWS))  # inter-product query views
+    intra: bool = True  # intra-product image<->text term (post-train; pretrain always has it)
+    intra_weight: float = 1.0
+    omega: Literal["moe", "fixed"] = "moe"  # ω from the encoder's MoE, or fixed view weights
+    omega_grad: bool = False  # let the inter loss train W*/the router through ω (see PosttrainObjective)
+    fixed_weights: dict[str, float] = field(default_factory=lambda: {"t": 3.0, "i": 12.0, "mm": 2.0})  # MOON's 12:3:2 image:text:mm
+    # negatives
+    gather: bool = True  # negatives from every rank (torch.distributed all_gather with grad)
+    in_batch: bool = True  # other samples' items (and their triplet negatives) as negatives
+    triplet_negatives: bool = True  # each triplet's own logged low-relevance negatives
+    queue: bool = True  # memory queue of past batches' items (temporal negatives)
+    queue_size: int = 1024
+    # same-category items of the global batch most similar to the query's positive, added per sample
+    # (with in_batch on they are also in the pool: counted twice, i.e. up-weighted hard negatives)
+    hard_negatives: bool = True
+    hard_k: int = 4
+    # dynamic sample filtering
+    filtering: bool = True
+    filter_kappa: float = 10.0
+    margin_start: float = 0.1
+    margin_end: float = 0.0
+    margin_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    filter_threshold: float = 0.6
+    filter_down_weight: float = 0.1
+    # Matryoshka: loss averaged over these leading sub-dims (empty = full dim only)
+    matryoshka_dims: list[int] = field(default_factory=list)
+    matryoshka_weights: list[float] = field(default_factory=list)
+    # regularisers and pretraining
+    aux_coef: float = 0.01  # ρ, MoE load balancing
+    sparsity_coef: float = 0.01  # ς, expert-preference entropy
+    view_align_weight: float = 0.0  # pretrain: original vs `batch.view` alignment (0 = off)
+
+    def __post_init__(self) -> None:
+        bad = [v for v in self.views if v not in VIEWS]
+        if bad or len(set(self.views)) != len(self.views):
+            raise MmrepError(f"loss.views must be distinct entries of {list(VIEWS)}, got {self.views}")
+        if self.temperature <= 0 or self.max_logit_scale <= 1:
+            raise MmrepError("loss.temperature must be > 0 and loss.max_logit_scale > 1")
+        missing = [v for v in self.views if v not in self.fixed_weights]
+        if missing or any(w < 0 for w in self.fixed_weights.values()) or set(self.fixed_weights) - set(VIEWS):
+            raise MmrepError(f"loss.fixed_weights needs a weight >= 0 for each of {list(VIEWS)} (e.g. {{t: 3, i: 12, mm: 2}})")
+        for key in ("queue_size", "hard_k"):
+            if getattr(self, key) < 1:
+                raise MmrepError(f"loss.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("intra_weight", "aux_coef", "sparsity_coef", "view_align_weight"):
+            if getattr(self, key) < 0:
+                raise MmrepError(f"loss.{key} must be >= 0, got {getattr(self, key)}")
+        if any(d < 1 for d in self.matryoshka_dims):
+            raise MmrepError(f"loss.matryoshka_dims must be positive, got {self.matryoshka_dims}")
+        if self.matryoshka_dims:
+            matryoshka_weights(self.matryoshka_dims, self.matryoshka_weights)
+        DynamicFilter(self.filter_kappa, self.margin_start, self.margin_end, self.margin_schedule,
+                      self.filter_threshold, self.filter_down_weight)  # validates the filter keys
+
+
+# ----------------------------------------------------------------------------- features
+@dataclass
+class Features:
+    """Everything a loss needs from one (micro-)batch; every tensor is indexed by sample on dim 0.
+
+    tensors: "emb/<name>" (B, D) or (B, K, D) embeddings (zeros where invalid), "valid/<name>" (B,) or
+    (B, K) bool, "ids/<name>" int64 item-id hashes, "gates/<view>" (B, Z), "category" (B,) int64;
+    aux_loss / sparsity_loss (P,) one entry per encoder call group; preference (Z, M) | None (W*'s p,
+    not batch-indexed); stats: MoE statistics averaged over calls."""
+
+    tensors: dict[str, torch.Tensor]
+    aux_loss: torch.Tensor
+    sparsity_loss: torch.Tensor
+    preference: torch.Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.tensors
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.tensors.values())).shape[0]
+
+    def truncate(self, dim: int | None) -> "Features":
+        """Embeddings cut to their first `dim` coordinates and re-normalised (Matryoshka)."""
+        tensors = {k: (truncate(v, dim) if k.startswith("emb/") else v) for k, v in self.tensors.items()}
+        return Features(tensors, self.aux_loss, self.sparsity_loss, self.preference, self.stats)
+
+    def detach(self) -> "Features":
+        """A no-grad copy (the cached micro-batches of feature-caching accumulation)."""
+        return Features({k: v.detach() for k, v in self.tensors.items()}, self.aux_loss.detach(),
+                        self.sparsity_loss.detach(), None if self.preference is None else self.preference.detach(),
+                        dict(self.stats))
+
+
+def _pad_to(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Zero/False-pad every dim after the first up to `shape` (e.g. K negatives per sample)."""
+    if tuple(t.shape[1:]) == tuple(shape):
+        return t
+    pad: list[int] = []
+    for have, want in reversed(list(zip(t.shape[1:], shape))):
+        pad += [0, want - have]
+    return torch.nn.functional.pad(t, pad)
+
+
+def concat_features(parts: list[Features]) -> Features:
+    """Concatenate micro-batch features along the batch (padding K); aux losses are kept per part."""
+    if not parts:
+        raise ValueError("concat_features needs at least one part")
+    keys = parts[0].tensors.keys()
+    tensors = {}
+    for key in keys:
+        shape = [max(p.tensors[key].shape[d] for p in parts) for d in range(1, parts[0].tensors[key].dim())]
+        tensors[key] = torch.cat([_pad_to(p.tensors[key], shape) for p in parts])
+    prefs = [p.preference for p in parts if p.preference is not None]
+    # the part with grad (the live micro-batch when the others are cached) carries W*'s gradient
+    pref = next((p for p in prefs if p.requires_grad), prefs[0] if prefs else None)
+    stats: dict[str, float] = {}
+    for key in {k for p in parts for k in p.stats}:
+        vals = [p.stats[key] for p in parts if key in p.stats]
+        stats[key] = sum(vals) / len(vals)
+    return Features(tensors, torch.cat([p.aux_loss for p in parts]), torch.cat([p.sparsity_loss for p in parts]),
+                    pref, stats)
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar, this rank's share (mean over ranks = the global-batch loss)
+    metrics: dict[str, float]
+
+
+@dataclass
+class PairBatch:
+    """B item-item pairs (QARM alignment): a[b] and b[b] are behaviourally linked items."""
+
+    a: EncoderInput
+    b: EncoderInput
+    ids_a: list[str]
+    ids_b: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids_a)
+
+
+class _Encoded:
+    """Collects encoder calls of one micro-batch: embeddings scattered back to B rows, aux losses, stats."""
+
+    def __init__(self, encoder: nn.Module):
+        self.encoder = encoder
+        # a DeepSpeed engine / DDP wrapper keeps the encoder in `.module`
+        self.dim = int(getattr(encoder, "embed_dim", None) or encoder.module.embed_dim)
+        self.aux: list[torch.Tensor] = []
+        self.sparsity: list[torch.Tensor] = []
+        self.preference: torch.Tensor | None = None
+        self.stats: list[dict[str, float]] = []
+
+    def __call__(self, inputs: EncoderInput, valid: torch.Tensor, objective: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode the valid rows only (the encoder rejects samples without any modality).
+
+        Returns (embedding (B, D), zeros on invalid rows; gates (B, Z) or None)."""
+        b = inputs.batch_size
+        rows = valid.nonzero(as_tuple=True)[0]
+        emb = torch.zeros(b, self.dim, device=valid.device)
+        if rows.numel() == 0:
+            return emb, None
+        sub = inputs.select(rows)
+        obj = None if objective is None else torch.full((rows.numel(),), objective, dtype=torch.long, device=rows.device)
+        out = self.encoder(sub, objective=obj)
+        emb = emb.to(out.embedding.dtype).index_put((rows,), out.embedding)
+        self.aux.append(torch.as_tensor(out.aux_loss, dtype=emb.dtype).reshape(()))
+        self.sparsity.append(torch.as_tensor(out.sparsity_loss, dtype=emb.dtype).reshape(()))
+        if out.preference is not None:
+            self.preference = out.preference
+        self.stats.append(dict(out.stats or {}))
+        gates = None
+        if out.gates is not None:
+            gates = out.gates.new_zeros(b, out.gates.shape[1]).index_put((rows,), out.gates)
+        return emb, gates
+
+    def features(self, tensors: dict[str, torch.Tensor]) -> Features:
+        device = next(v.device for k, v in tensors.items() if k.startswith("emb/"))
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+        zero = torch.zeros(1, device=device)
+        aux = torch.stack(self.aux).mean().reshape(1) if self.aux else zero
+        sparsity = torch.stack(self.sparsity).mean().reshape(1) if self.sparsity else zero
+        keys = {k for s in self.stats for k in s if not k.startswith("moe/omega")}  # ω is reported by the loss
+        stats = {k: sum(s[k] for s in self.stats if k in s) / sum(k in s for s in self.stats) for k in keys}
+        return Features(tensors, aux, sparsity, self.preference, stats)
+
+
+def _mask(values: Sequence[bool] | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=torch.bool)
+
+
+def _negative_ids(negative_ids: Sequence, b: int, k: int) -> torch.Tensor:
+    """(B, K) int64 id hashes from per-triplet id lists (or a flat B*K list)."""
+    if len(negative_ids) == b * k and (b * k == 0 or isinstance(negative_ids[0], str)):
+        flat = [str(x) for x in negative_ids]
+    else:
+        flat = [str(row[j]) if j < len(row) else "" for row in negative_ids for j in range(k)]
+    return id_hash(flat).reshape(b, k)
+
+
+class Objective(nn.Module):
+    """Base: holds the learnable temperature; `loss` averages `core_loss` over Matryoshka dims."""
+
+    def __init__(self, cfg: LossConfig, embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_dim = embed_dim
+        self.logit_scale = LogitScale(cfg.temperature, cfg.max_logit_scale, cfg.learn_temperature)
+        dims = list(cfg.matryoshka_dims) or [embed_dim]
+        if max(dims) > embed_dim:
+            raise MmrepError(f"loss.matryoshka_dims entry {max(dims)} exceeds the encoder's embed_dim ({embed_dim})")
+        self.dims = dims
+        self.dim_weights = matryoshka_weights(dims, cfg.matryoshka_weights if cfg.matryoshka_dims else [])
+
+    def features(self, encoder: nn.Module, batch) -> Features:
+        raise NotImplementedError
+
+    def core_loss(self, feats: Features, step: int, total_steps: int, full: Features) -> tuple[torch.Tensor, dict[str, float]]:
+        """Contrastive terms on (possibly truncated) `feats`; `full` is the full-dim features."""
+        raise NotImplementedError
+
+    def loss(self, feats: Features, step: int = 0, total_steps: int = 1) -> LossOutput:
+        total: torch.Tensor | float = 0.0
+        metrics: dict[str, float] = {}
+        for dim, w in zip(self.dims, self.dim_weights):
+            value, m = self.core_loss(feats.truncate(dim), step, total_steps, feats)
+            total = total + w * value
+            if len(self.dims) > 1:
+                metrics[f"loss/dim_{dim}"] = float(value.detach())
+            if dim == max(self.dims):  # component metrics at full size
+                metrics.update(m)
+        aux = feats.aux_loss.mean()
+        sparsity = feats.sparsity_loss.mean()
+        loss = total + self.cfg.aux_coef * aux + self.cfg.sparsity_coef * sparsity
+        metrics.update({"loss": float(loss.detach()), "loss/aux": float(aux.detach()),
+                        "loss/sparsity": float(sparsity.detach()), "temperature": self.logit_scale.temperature})
+        metrics.update(feats.stats)
+        return LossOutput(loss, metrics)
+
+    def after_step(self, feats: Features) -> None:
+        """Hook after the optimiser step (nothing by default)."""
+
+    def _gather(self, x: torch.Tensor, grad: bool = True) -> torch.Tensor:
+        if not self.cfg.gather:
+            return x
+        return gather_with_grad(x) if grad else gather_no_grad(x)
+
+    def _pair_loss(self, a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, ids_a: torch.Tensor,
+                   ids_b: torch.Tensor | None = None) -> torch.Tensor:
+        """Symmetric contrastive loss (this rank's share of the global mean)."""
+        if self.cfg.gather:
+            return symmetric_contrastive(a, b, self.logit_scale(), valid, ids_a, ids_b)[1]
+        per, _ = _local_symmetric(a, b, self.logit_scale(), valid, ids_a, ids_b)
+        return per.sum() / valid.sum().clamp(min=1)
+
+
+def _local_symmetric(a, b, scale, valid, ids_a, ids_b=None):
+    """symmetric_contrastive without gathering (gather: false): negatives from this rank only."""
+    n = a.shape[0]
+    ids_b = ids_a if ids_b is None else ids_b
+    index = torch.arange(n, device=a.device)
+    a2b = info_nce(a, b, index, scale, valid[None, :] & (ids_b[:, None] != ids_b[None, :]))
+    b2a = info_nce(b, a, index, scale, valid[None, :] & (ids_a[:, None] != ids_a[None, :]))
+    per = torch.where(valid, 0.5 * (a2b + b2a), a2b.new_zeros(()))
+    return per, per.sum()
+
+
+# ----------------------------------------------------------------------------- pretraining
+class PretrainObjective(Objective):
+    """Intra-product image<->text contrastive on `ProductBatch` (+ original<->view alignment)."""
+
+    def features(self, encoder: nn.Module, batch) -> Features:
+        enc = _Encoded(encoder)
+        inputs: EncoderInput = batch.inputs
+        both = inputs.has_image & inputs.has_text
+        image, _ = enc(inputs.image_only(), both)
+        text, _ = enc(inputs.text_only(), both)
+        tensors = {"emb/image": image, "emb/text": text, "valid/intra": both, "ids/item": id_hash(batch.ids).to(both.device)}
+        if self.cfg.view_align_weight > 0 and getattr(batch, "view", None) is not None:
+            present = inputs.has_image | inputs.has_text
+            view_present = batch.view.has_image | batch.view.has_text
+            tensors["emb/orig"], _ = enc(inputs, present & view_present)
+            tensors["emb/view"], _ = enc(batch.view, present & view_present)
+            tensors["valid/view"] = present & view_present
+        return enc.features(tensors)
+
+    def core_loss(self, f, step, total_steps, full):
+        intra = self._pair_loss(f["emb/image"], f["emb/text"], f["valid/intra"], f["ids/item"])
+        total = intra
+        metrics = {"loss/intra": float(intra.detach())}
+        if "emb/view" in f:
+            view = self._pair_loss(f["emb/orig"], f["emb/view"], f["valid/view"], f["ids/item"])
+            total = total + self.cfg.view_align_weight * view
+            metrics["loss/view_align"] = float(view.detach())
+        return total, metrics
+
+
+# ----------------------------------------------------------------------------- post-training
+class PosttrainObjective(Objective):
+    """Dual-level alignment on `TripletBatch`: L = Σ_ϑ ω_ϑ L_inter^ϑ + L_intra + ρ L_aux + ς L_sparsity.
+
+    ω is detached by default (`loss.omega_grad: false`): ω is not normalised across views, so a
+    gradient through it would lower the loss by routing every view to experts that prefer *other*
+    objectives (all ω -> small) instead of by aligning embeddings. Detached, ω is a read-out of the
+    routing that the router and W* learn through the embedding path and the sparsity term."""
+
+    def __init__(self, cfg: LossConfig, embed_dim: int):
+        super().__init__(cfg, embed_dim)
+        self.queue = MemoryQueue(cfg.queue_size, embed_dim) if cfg.queue else None
+        self.filter = DynamicFilter(cfg.filter_kappa, cfg.margin_start, cfg.margin_end, cfg.margin_schedule,
+                                    cfg.filter_threshold, cfg.filter_down_weight) if cfg.filtering else None
+
+    def features(self, encoder: nn.Module, batch) -> Features:
+        enc = _Encoded(encoder)
+        q: EncoderInput = batch.query
+        b = q.batch_size
+        has_t, has_i = q.has_text, q.has_image
+        views = {"t": (q.text_only(), has_t), "i": (q.image_only(), has_i), "mm": (q, has_t & has_i)}
+        tensors: dict[str, torch.Tensor] = {}
+        for v in self.cfg.views:
+            inputs, valid = views[v]
+            emb, gates = enc(inputs, valid.to(inputs.image_mask.device), VIEW_ID[v])
+            tensors[f"emb/q_{v}"], tensors[f"valid/q_{v}"] = emb, valid
+            if gates is not None:
+                tensors[f"gates/q_{v}"] = gates
+        if any(k.startswith("gates/") for k in tensors):  # same keys in every micro-batch (concat)
+            z = next(t.shape[1] for k, t in tensors.items() if k.startswith("gates/"))
+            for v in self.cfg.views:
+                tensors.setdefault(f"gates/q_{v}", q.image_mask.new_zeros(b, z, dtype=torch.float))
+        pos = batch.positive
+        tensors["emb/pos"], _ = enc(pos, pos.has_image | pos.has_text)
+        tensors["ids/pos"] = id_hash(batch.positive_ids)
+        tensors["category"] = id_hash(batch.category)
+        neg_mask = (_mask(batch.negative_mask).reshape(b, -1) if batch.negative_mask is not None
+                    else torch.zeros(b, 0, dtype=torch.bool)).to(q.image_mask.device)
+        k = neg_mask.shape[1]
+        if self.cfg.triplet_negatives and k:
+            emb, _ = enc(batch.negatives, neg_mask.reshape(-1))
+            tensors["emb/neg"] = emb.reshape(b, k, -1)
+        else:
+            tensors["emb/neg"] = torch.zeros(b, 0, self.embed_dim, device=neg_mask.device)
+            neg_mask = neg_mask[:, :0]
+        tensors["valid/neg"] = neg_mask
+        tensors["ids/neg"] = _negative_ids(batch.negative_ids, b, neg_mask.shape[1])
+        if self.cfg.intra:
+            both = pos.has_image & pos.has_text
+            tensors["emb/pos_image"], _ = enc(pos.image_only(), both)
+            tensors["emb/pos_text"], _ = enc(pos.text_only(), both)
+            tensors["valid/intra"] = both
+        return enc.features(tensors)
+
+    def view_weights(self, f: Features) -> tuple[dict[str, torch.Tensor], bool]:
+        """Per-view weight: ω from the MoE when available (computed over the global batch), else fixed."""
+        from mmrep.model.moe import objective_weights
+
+        gate_keys = [f"gates/q_{v}" for v in self.cfg.views]
+        if self.cfg.omega == "moe" and f.preference is not None and all(k in f for k in gate_keys):
+            gates, objective = [], []
+            for v in self.cfg.views:
+                valid = self._gather(f[f"valid/q_{v}"], grad=False)
+                g = self._gather(f[f"gates/q_{v}"], grad=self.cfg.omega_grad)[valid]
+                gates.append(g)
+                objective.append(torch.full((g.shape[0],), VIEW_ID[v], dtype=torch.long, device=g.device))
+            pref = f.preference if self.cfg.omega_grad else f.preference.detach()
+            gates_all = torch.cat(gates)
+            if not self.cfg.omega_grad:
+                gates_all = gates_all.detach()
+            omega = objective_weights(gates_all, pref, torch.cat(objective).to(gates_all.device))
+            return {v: omega[VIEW_ID[v]] for v in self.cfg.views}, True
+        total = sum(self.cfg.fixed_weights[v] for v in self.cfg.views) or 1.0
+        return {v: self.cfg.fixed_weights[v] / total for v in self.cfg.views}, False
+
+    def core_loss(self, f, step, total_steps, full):
+        cfg = self.cfg
+        rank, _ = world()
+        scale = self.logit_scale()
+        pos, pos_ids, neg, neg_mask = f["emb/pos"], f["ids/pos"], f["emb/neg"], f["valid/neg"]
+        b, k = neg_mask.shape
+        # the shared candidate pool: every rank's positives (+ their triplet negatives)
+        pool, pool_ids = self._gather(pos), self._gather(pos_ids, grad=False)
+        dev = pos.device
+        pool_valid = torch.ones(pool.shape[0], dtype=torch.bool, device=dev)
+        offset = rank * b if cfg.gather else 0
+        index = torch.arange(b, device=dev) + offset
+        if cfg.in_batch and k:
+            k_all = _global_max(k, dev) if cfg.gather else k
+            pool = torch.cat([pool, self._gather(_pad_to(neg, (k_all, neg.shape[2]))).flatten(0, 1)])
+            pool_ids = torch.cat([pool_ids, self._gather(_pad_to(f["ids/neg"], (k_all,)), grad=False).flatten()])
+            pool_valid = torch.cat([pool_valid, self._gather(_pad_to(neg_mask, (k_all,)), grad=False).flatten()])
+        pool_mask = pool_valid[None, :] & (pool_ids[None, :] != pos_ids[:, None])
+        if not cfg.in_batch:
+            pool_mask = torch.zeros_like(pool_mask)
+        if self.queue is not None and len(self.queue):
+            q_emb, q_mask = self.queue.candidates(pos_ids)
+            pool = torch.cat([pool, truncate(q_emb, pos.shape[1])])
+            pool_mask = torch.cat([pool_mask, q_mask], dim=1)
+        # per-sample negatives: own triplet negatives when they are not in the pool already
+        own = [neg] if (k and not cfg.in_batch) else []
+        own_mask = [neg_mask] if own else []
+        if cfg.hard_negatives:
+            all_pos, all_ids = self._gather(pos), self._gather(pos_ids, grad=False)
+            all_cat = self._gather(f["category"], grad=False)
+            # mined by similarity to the query's positive item: valid for every query view (a view's
+            # own embedding is absent when the query lacks that modality) and hard for all of them
+            idx, hmask = mine_hard_negatives(pos.detach(), all_pos.detach(), f["category"], all_cat, pos_ids, all_ids, cfg.hard_k)
+            own.append(all_pos[idx])
+            own_mask.append(hmask)
+        extra = torch.cat(own, dim=1) if own else None
+        extra_mask = torch.cat(own_mask, dim=1) if own else None
+
+        weights, from_moe = self.view_weights(f)
+        metrics: dict[str, float] = {"omega/from_moe": float(from_moe)}
+        inter = pos.new_zeros(())
+        phis, ws, valids = [], [], []
+        for v in cfg.views:
+            q, valid = f[f"emb/q_{v}"], f[f"valid/q_{v}"]
+            per = info_nce(q, pool, index, scale, pool_mask, extra, extra_mask)
+            if self.filter is not None and k:
+                fq, fp = full[f"emb/q_{v}"], full["emb/pos"]  # φ is judged at full dimension
+                s_qn, has = hardest_negative(fq, full["emb/neg"], neg_mask)
+                phi, w = self.filter.weights((fq * fp).sum(-1), s_qn, has & valid, step, total_steps)
+                per = per * w
+                phis.append(phi), ws.append(w), valids.append(valid & has)
+            term = global_mean(per, valid)
+            inter = inter + weights[v] * term
+            metrics[f"loss/inter_{v}"] = float(term.detach())
+            metrics[f"omega/{v}"] = float(weights[v])
+        total = inter
+        metrics["loss/inter"] = float(inter.detach())
+        if phis:
+            metrics.update({f"filter/{k_}": v_ for k_, v_ in filter_stats(torch.cat(phis), torch.cat(ws), torch.cat(valids)).items()})
+            metrics["filter/margin"] = self.filter.margin(step, total_steps)
+        if cfg.intra:
+            intra = self._pair_loss(f["emb/pos_image"], f["emb/pos_text"], f["valid/intra"], pos_ids)
+            total = total + cfg.intra_weight * intra
+            metrics["loss/intra"] = float(intra.detach())
+        if self.queue is not None:
+            metrics["queue/size"] = float(len(self.queue))
+        return total, metrics
+
+    @torch.no_grad()
+    def after_step(self, feats: Features) -> None:
+        """Push this step's (gathered) items into the queue: positives and real triplet negatives."""
+        if self.queue is None:
+            return
+        pos, ids = self._gather(feats["emb/pos"], grad=False), self._gather(feats["ids/pos"], grad=False)
+        neg, mask = feats["emb/neg"], feats["valid/neg"]
+        if neg.shape[1]:
+            k_all = _global_max(neg.shape[1], neg.device) if self.cfg.gather else neg.shape[1]
+            neg = self._gather(_pad_to(neg, (k_all, neg.shape[2])), grad=False).flatten(0, 1)
+            neg_ids = self._gather(_pad_to(feats["ids/neg"], (k_all,)), grad=False).flatten()
+            keep = self._gather(_pad_to(mask, (k_all,)), grad=False).flatten()
+            pos, ids = torch.cat([pos, neg[keep]]), torch.cat([ids, neg_ids[keep]])
+        self.queue.push(pos, ids)
+
+
+def _global_max(k: int, device: torch.device) -> int:
+    """The largest K over ranks (every rank pads its negatives to it before gathering)."""
+    _, size = world()
+    if size == 1:
+        return k
+    import torch.distributed as dist
+
+    t = torch.tensor([k], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
+# ----------------------------------------------------------------------------- item alignment (QARM)
+class ItemAlignObjective(Objective):
+    """Batch-contrastive item<->item alignment on `PairBatch` (co-click / co-purchase / user-item pairs)."""
+
+    def features(self, encoder: nn.Module, batch: PairBatch) -> Features:
+        enc = _Encoded(encoder)
+        va = batch.a.has_image | batch.a.has_text
+        vb = batch.b.has_image | batch.b.has_text
+        a, _ = enc(batch.a, va & vb)
+        b, _ = enc(batch.b, va & vb)
+        return enc.features({"emb/a": a, "emb/b": b, "valid/pair": va & vb,
+                             "ids/a": id_hash(batch.ids_a), "ids/b": id_hash(batch.ids_b)})
+
+    def core_loss(self, f, step, total_steps, full):
+        value = self._pair_loss(f["emb/a"], f["emb/b"], f["valid/pair"], f["ids/a"], f["ids/b"])
+        return value, {"loss/align": float(value.detach())}
+
+
+def build_objective(stage: str, cfg: LossConfig, embed_dim: int) -> Objective:
+    """The objective for a training stage: "pretrain", "posttrain" or "align"."""
+    classes = {"pretrain": PretrainObjective, "posttrain": PosttrainObjective, "align": ItemAlignObjective}
+    if stage not in classes:
+        raise MmrepError(f"training stage {stage!r} is not one of {sorted(classes)}")
+    return classes[stage](cfg, embed_dim)
+
+
+def mine_user_item_pairs(
+    interactions: Sequence[Interaction],
+    embeddings: Mapping[str, Sequence[float]] | tuple[Sequence[str], np.ndarray],
+    window: int = 10,
+    events: Sequence[str] = ("click", "purchase"),
+) -> list[ItemPair]:
+    """QARM user-to-item pairs: each interacted item paired with the most similar (cosine) of the same
+    user's previous `window` interacted items (other items only). Items without an embedding are skipped."""
+    if window < 1:
+        raise MmrepError(f"window must be >= 1, got {window}")
+    if isinstance(embeddings, tuple):
+        ids, matrix = embeddings
+        matrix = np.asarray(matrix, dtype=np.float32)
+        if len(ids) != matrix.shape[0]:
+            raise MmrepError(f"embeddings: {len(ids)} ids for {matrix.shape[0]} rows")
+        table = {str(i): matrix[n] for n, i in enumerate(ids)}
+    else:
+        table = {str(k): np.asarray(v, dtype=np.float32) for k, v in embeddings.items()}
+    unit = {k: v / max(float(np.linalg.norm(v)), 1e-12) for k, v in table.items()}
+    by_user: dict[str, list[Interaction]] = {}
+    for it in interactions:
+        if it.event in events and str(it.item) in unit:
+            by_user.setdefault(it.user, []).append(it)
+    pairs: list[ItemPair] = []
+    for user in sorted(by_user):
+        history = sorted(by_user[user], key=lambda it: it.time)
+        for n, it in enumerate(history):
+            recent = [h.item for h in history[max(0, n - window):n] if h.item != it.item]
+            if not recent:
+                continue
+            sims = np.stack([unit[r] for r in recent]) @ unit[it.item]
+            pairs.append(ItemPair(item_a=recent[int(np.argmax(sims))], item_b=it.item, kind="user-item"))
+    return pairs

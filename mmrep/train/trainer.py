@@ -1,0 +1,625 @@
+"""The one DeepSpeed trainer used by every stage (pretrain, post-train, item alignment).
+
+`TrainConfig` composes the sections (data, model, loss, optim, deepspeed, checkpoint, logging);
+`Trainer(cfg)` builds the encoder, objective, loader and DeepSpeed engine; `Trainer.fit()` runs the
+loop: per optimizer step, `accum_steps` micro-batches per rank, then log / checkpoint / time check.
+
+With `optim.accum_keep_negatives` the step does open_clip-style feature caching: every micro-batch is
+encoded once without grad, then each is re-encoded with grad and the loss is taken over the
+concatenation of all micro-batches' features (this one's live, the others cached), so the whole
+accumulated batch serves as contrastive negatives; each backward is unscaled because the summed
+gradient over micro-batches is exactly the gradient of the full-batch loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mmrep.config import from_dict, read_yaml, save_resolved, to_dict
+from mmrep.data.readers import DataConfig
+from mmrep.errors import MmrepError
+from mmrep.model.config import ModelConfig
+from mmrep.train import checkpoint as ckpt
+from mmrep.train.checkpoint import CheckpointConfig
+from mmrep.train.logging import LoggingConfig, MetricsLogger, StepTimer
+from mmrep.train.objectives import LossConfig
+from mmrep.train.schedule import build_scheduler
+
+Stage = Literal["pretrain", "posttrain", "align"]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.05  # not applied to biases, norms, temperatures (ndim < 2)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 0
+    total_steps: int = 100  # optimizer steps; the cosine schedule spans them
+    min_lr_ratio: float = 0.0  # final LR / peak LR
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    micro_batch: int = 0  # per-rank micro-batch; 0 = data.batch_size
+    accum_steps: int = 1  # micro-batches per optimizer step (DeepSpeed gradient accumulation)
+    accum_keep_negatives: bool = False  # feature caching: the accumulated batch is the negative set
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise MmrepError("optim.lr must be positive")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise MmrepError("optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.98]")
+        if self.total_steps < 1:
+            raise MmrepError("optim.total_steps must be at least 1")
+        if self.warmup_steps < 0:
+            raise MmrepError("optim.warmup_steps must be >= 0")
+        if self.accum_steps < 1 or self.micro_batch < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise MmrepError("optim.accum_steps must be >= 1 and optim.micro_batch, grad_clip, weight_decay >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise MmrepError("optim.min_lr_ratio must be in [0, 1]")
+
+
+@dataclass
+class DeepSpeedSection:
+    config: str = "configs/deepspeed/zero1.json"  # absolute, relative to the cwd, or to the mmrep repo root
+    zero_stage: int = -1  # -1 keeps the JSON's stage
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (-1, 0, 1, 2, 3):
+            raise MmrepError("deepspeed.zero_stage must be 0, 1, 2, 3 (or -1 to keep the JSON's stage)")
+
+
+@dataclass
+class TrainConfig:
+    stage: Stage = "pretrain"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig | str = field(default_factory=ModelConfig)  # a section, or a path to a model YAML
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pairs: str = ""  # align stage: CSV of item pairs (item_a,item_b,kind) over the products in data.shards
+    init_from: str = ""  # an encoder dir (or a run dir holding encoder/) to start from; the model section is then ignored
+    output_dir: str = "runs/train"
+    seed: int = 0
+    max_train_seconds: float = 0.0  # stop cleanly (and checkpoint) after this much training time; 0 = no limit
+    overwrite: bool = False  # allow starting fresh in an output_dir that already holds a run
+
+    def __post_init__(self) -> None:
+        if self.max_train_seconds < 0:
+            raise MmrepError("max_train_seconds must be >= 0 (0 = no limit)")
+        if not self.output_dir:
+            raise MmrepError("output_dir must name a folder for the run")
+        if self.stage == "align" and not self.pairs:
+            raise MmrepError("the align stage needs pairs: set pairs to an item-pair CSV (item_a,item_b,kind), "
+                             "e.g. worlds/tiny/pairs.csv")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else Path(self.output_dir) / "checkpoints"
+
+
+def load_config(path: str | None, overrides: list[str] = (), stage: str | None = None) -> TrainConfig:
+    """A TrainConfig from YAML + overrides; a string `model` is read as a model YAML path."""
+    from mmrep.config import load
+
+    cfg = load(TrainConfig, path, [*overrides] + ([f"--stage={stage}"] if stage else []))
+    if isinstance(cfg.model, str):
+        model_path = Path(cfg.model)
+        if not model_path.is_absolute():  # relative to the config file first, then the cwd, then the repo
+            cands = ([Path(path).parent / model_path] if path else []) + [model_path, REPO_ROOT / model_path]
+            model_path = next((c for c in cands if c.is_file()), model_path)
+        raw = read_yaml(model_path)
+        if set(raw) == {"model"} and isinstance(raw["model"], dict):
+            raw = raw["model"]
+        cfg.model = from_dict(ModelConfig, raw, "model")
+    if cfg.optim.micro_batch:
+        cfg.data = dataclasses.replace(cfg.data, batch_size=cfg.optim.micro_batch)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU); works without a launcher. -> (rank, world)."""
+    import deepspeed
+
+    if "RANK" not in os.environ:  # plain `python train.py`: a one-process group, no MPI discovery
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    # Skip the 30-70 s JIT build of the shared-memory comm op (DeepSpeed's own gate).
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    if "OMP_NUM_THREADS" not in os.environ and local_world > 1:
+        # the launcher does not split the cores between ranks; oversubscription slows every rank
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=None if torch.cuda.is_available() else "gloo",
+                                   auto_mpi_discovery=False, verbose=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def resolve_ds_path(path: str) -> Path:
+    p = Path(path)
+    for cand in (p, REPO_ROOT / p):
+        if cand.is_file():
+            return cand
+    raise MmrepError(f"deepspeed.config {path!r} not found (give a path to a JSON such as configs/deepspeed/zero2.json)")
+
+
+def deepspeed_config(cfg: TrainConfig, use_bf16: bool) -> dict[str, Any]:
+    """The DeepSpeed JSON with the run's batch, accumulation, clipping, precision and ZeRO stage filled in."""
+    path = resolve_ds_path(cfg.deepspeed.config)
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MmrepError(f"deepspeed.config {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    ds = {k: v for k, v in ds.items() if not k.startswith("_")}
+    if "optimizer" in ds or "scheduler" in ds:
+        raise MmrepError(f"{path}: remove the 'optimizer'/'scheduler' blocks; mmrep passes a torch AdamW and a "
+                         "warmup-cosine schedule (set them in the optim section)")
+    ds.pop("train_batch_size", None)
+    ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+    ds["gradient_accumulation_steps"] = cfg.optim.accum_steps
+    ds["gradient_clipping"] = cfg.optim.grad_clip
+    ds["bf16"] = {"enabled": use_bf16}
+    ds["fp16"] = {"enabled": False}
+    zero = ds.setdefault("zero_optimization", {})
+    if cfg.deepspeed.zero_stage >= 0:
+        zero["stage"] = cfg.deepspeed.zero_stage
+    zero.setdefault("stage", 0)
+    ds.setdefault("zero_allow_untested_optimizer", True)
+    ds.setdefault("steps_per_print", 10**9)
+    return ds
+
+
+def is_moe(encoder: nn.Module) -> bool:
+    cfg = getattr(encoder, "cfg", None)
+    if cfg is not None and getattr(getattr(cfg, "moe", None), "enabled", False) and getattr(cfg, "backbone", "") != "clip":
+        return True
+    return any(getattr(p, "allreduce", True) is False for p in encoder.parameters())
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices, none on biases / norms / temperatures (ndim < 2)."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    groups = [g for g in groups if g["params"]]
+    if any(getattr(p, "allreduce", True) is False for p in module.parameters()):
+        # DeepSpeed-native expert params must sit in their own groups for ZeRO's expert-parallel reduction
+        from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
+
+        groups = split_params_into_different_moe_groups_for_optimizer(groups)
+    return groups
+
+
+def to_device(obj: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """Move tensors inside batches (dataclasses, lists, dicts) to `device`; floats cast to `dtype`."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.to(device, non_blocking=True)
+        return obj.to(dtype) if dtype is not None and obj.is_floating_point() else obj
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return type(obj)(**{f.name: to_device(getattr(obj, f.name), device, dtype) for f in dataclasses.fields(obj)})
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(x, device, dtype) for x in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device, dtype) for k, v in obj.items()}
+    return obj
+
+
+def batch_size_of(batch: Any) -> int:
+    if hasattr(batch, "__len__"):
+        return len(batch)
+    return int(getattr(batch, "batch_size"))
+
+
+class PairLoader:
+    """Item-alignment batches (`PairBatch`) from a pair CSV over a product shard set, for one rank.
+
+    Products are decoded once into memory (alignment sets are catalogue-sized); pairs whose items are
+    missing are skipped and counted. Every rank yields the same number of batches per epoch."""
+
+    def __init__(self, pairs_csv: str, data: DataConfig, collator, rank: int, world: int):
+        import csv
+
+        from mmrep.data.readers import SkipStats, iter_products
+
+        path = Path(pairs_csv)
+        if not path.is_file():
+            raise MmrepError(f"pairs file {pairs_csv!r} not found (an item-pair CSV with columns item_a,item_b,kind)")
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"item_a", "item_b"} <= set(reader.fieldnames):
+                raise MmrepError(f"{pairs_csv}: needs columns item_a,item_b (got {reader.fieldnames})")
+            rows = [(r["item_a"], r["item_b"]) for r in reader]
+        self.skip_stats = SkipStats()
+        self.products = {p.id: p for p in iter_products(data.shards, data.strict, self.skip_stats)}
+        self.pairs = [(a, b) for a, b in rows if a in self.products and b in self.products]
+        self.missing = len(rows) - len(self.pairs)
+        self.data, self.collator, self.rank, self.world = data, collator, rank, world
+        self.epoch = 0
+        self.num_batches = len(self.pairs) // world // data.batch_size
+        if self.num_batches < 1:
+            raise MmrepError(f"{pairs_csv}: {len(self.pairs)} usable pairs ({self.missing} name items missing from "
+                             f"{data.shards}) cannot fill one batch of {data.batch_size} per rank on {world} ranks")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[Any]:
+        import random
+
+        from mmrep.train.objectives import PairBatch
+
+        order = list(range(len(self.pairs)))
+        random.Random(f"{self.data.seed}-{self.epoch}").shuffle(order)  # same permutation on every rank
+        mine = order[self.rank::self.world][: self.num_batches * self.data.batch_size]
+        for start in range(0, len(mine), self.data.batch_size):
+            chunk = [self.pairs[i] for i in mine[start:start + self.data.batch_size]]
+            a = self.collator.products([self.products[x] for x, _ in chunk])
+            b = self.collator.products([self.products[y] for _, y in chunk])
+            yield PairBatch(a.inputs, b.inputs, [x for x, _ in chunk], [y for _, y in chunk])
+
+
+class TrainModule(nn.Module):
+    """Encoder + objective as one module, so DeepSpeed owns (and checkpoints) both: temperature, queue, W*."""
+
+    def __init__(self, encoder: nn.Module, objective: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.objective = objective
+
+    def forward(self, batch: Any, mode: str = "loss", step: int = 0, total_steps: int = 1,
+                cache: list | None = None, index: int = 0):
+        """mode "features" -> Features; "loss" -> (LossOutput, Features); "cached" -> the loss over
+        `cache` with entry `index` replaced by this batch's live (with-grad) features."""
+        from mmrep.train.objectives import concat_features
+
+        feats = self.objective.features(self.encoder, batch)
+        if mode == "features":
+            return feats
+        full = feats
+        if mode == "cached":
+            parts = list(cache)
+            parts[index] = feats
+            full = concat_features(parts)
+        return self.objective.loss(full, step, total_steps), feats
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Builds every component from `TrainConfig` and runs the DeepSpeed loop (`fit`)."""
+
+    def __init__(self, cfg: TrainConfig, build_loader: bool = True):
+        import deepspeed
+
+        self.cfg = cfg
+        self.rank, self.world = setup_distributed()
+        self.out_dir = Path(cfg.output_dir)
+        self.ckpt_dir = cfg.checkpoint_dir
+        self._check_output_dir()
+        use_bf16 = cfg.deepspeed.precision == "bf16" or (cfg.deepspeed.precision == "auto" and torch.cuda.is_available())
+        if use_bf16 and not torch.cuda.is_available():
+            raise MmrepError("deepspeed.precision 'bf16' on CPU is ~12x slower than fp32 here; use 'auto' or 'fp32'")
+        self.dtype = torch.bfloat16 if use_bf16 else None
+
+        torch.manual_seed(cfg.seed)  # identical init on every rank (DeepSpeed also broadcasts rank 0's)
+        self.encoder = self._build_encoder()
+        self.model_cfg = self.encoder.cfg
+        from mmrep.train.objectives import build_objective
+
+        self.objective = build_objective(cfg.stage, cfg.loss, int(self.encoder.embed_dim))
+        module = TrainModule(self.encoder, self.objective)
+        self.ds_config = deepspeed_config(cfg, use_bf16)
+        if self.ds_config["zero_optimization"]["stage"] == 3 and is_moe(self.encoder):
+            raise MmrepError("ZeRO-3 does not support Mixture-of-Experts models; use deepspeed.zero_stage 0-2 "
+                             "(configs/deepspeed/zero2.json) or model.moe.mode=dense")
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(param_groups(module, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        scheduler = build_scheduler(optimizer, o.warmup_steps, o.total_steps, o.min_lr_ratio)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
+        self.device = self.engine.device
+        # Feature caching backpropagates the full-batch loss once per micro-batch: encoder weights get
+        # their gradient only through that micro-batch's live features (exact), but the objective's own
+        # parameters (temperature) see the whole loss every time; scale theirs by 1/accum_steps.
+        self._objective_grad_scale = 1.0
+        for p in self.engine.module.objective.parameters():
+            if p.requires_grad:
+                p.register_hook(lambda g: g * self._objective_grad_scale)
+        torch.manual_seed(cfg.seed + 1000 * self.rank + 1)  # per-rank randomness (dropout, augmentation)
+
+        self.step = 0  # optimizer steps done
+        self.samples_seen = 0  # global samples consumed
+        self.data_epoch = 0
+        self.batches_in_epoch = 0
+        self.resumed_from = ""
+        if cfg.checkpoint.resume:
+            self._resume(cfg.checkpoint.resume)
+        self.loader = self._build_loader() if build_loader else None
+
+    # -- construction -------------------------------------------------------------------------
+    def _check_output_dir(self) -> None:
+        has_run = (self.ckpt_dir / ckpt.LATEST).exists() or (self.out_dir / "encoder").exists()
+        if has_run and not self.cfg.checkpoint.resume and not self.cfg.overwrite:
+            raise MmrepError(f"{self.out_dir} already holds a training run; pass --resume latest to continue it, "
+                             "--overwrite=true to start over there, or choose another --output_dir")
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            stale = ckpt.clean_stale(self.ckpt_dir)
+            if stale:
+                print(f"removed incomplete checkpoint(s) left by an interrupted save: {', '.join(stale)}", flush=True)
+        dist.barrier()
+
+    def _build_encoder(self) -> nn.Module:
+        from mmrep.model import build_encoder, load_encoder
+
+        if self.cfg.init_from:
+            src = Path(self.cfg.init_from)
+            if (src / "encoder").is_dir():
+                src = src / "encoder"
+            if not src.is_dir():
+                raise MmrepError(f"init_from {self.cfg.init_from!r} is not an encoder dir or a run dir holding "
+                                 "encoder/ (point it at a finished pretrain run)")
+            encoder = load_encoder(src).train()
+            self.cfg.model = encoder.cfg  # the resolved config records the architecture actually trained
+            return encoder
+        return build_encoder(self.cfg.model)
+
+    def collator(self, train: bool = True):
+        from mmrep.data.readers import build_collator
+        from mmrep.data.tokenize import ProductTokenizer
+
+        m = self.model_cfg
+        view = None
+        if getattr(m, "crop", "none") == "view":
+            from mmrep.model.crop import view_transform
+
+            view = view_transform(m)
+        return build_collator(ProductTokenizer(m.tokenizer), m.image_size, m.image_mean, m.image_std,
+                              self.cfg.data.max_images, train=train, seed=self.cfg.seed + self.rank, view_transform=view)
+
+    def _build_loader(self):
+        from mmrep.data.readers import train_loader
+
+        data = self.cfg.data
+        if data.resampled and self.step:
+            # Resampled streams cannot seek: reseed with the step so a resumed run draws fresh samples
+            # instead of replaying the ones it already trained on.
+            data = dataclasses.replace(data, seed=data.seed + 7919 * self.step)
+        if self.cfg.stage == "align":
+            return PairLoader(self.cfg.pairs, data, self.collator(train=True), self.rank, self.world)
+        kind = {"pretrain": "products", "posttrain": "triplets"}[self.cfg.stage]
+        return train_loader(data, self.collator(train=True), self.rank, self.world, kind=kind)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "samples_seen": self.samples_seen, "data_epoch": self.data_epoch,
+                "batches_in_epoch": self.batches_in_epoch, "world_size": self.world, "stage": self.cfg.stage}
+
+    def save_checkpoint(self) -> str:
+        # per-rank data position travels with the RNG file; rank 0's copy goes in the client state
+        rank_state = {"data_epoch": self.data_epoch, "batches_in_epoch": self.batches_in_epoch}
+        return ckpt.save(self.engine, self.ckpt_dir, self.step, self.trainer_state(), self.cfg.checkpoint.keep_last,
+                         rank_state)
+
+    def _resume(self, resume: str) -> None:
+        tag = ckpt.resolve_tag(self.ckpt_dir, resume)
+        state, rank_state = ckpt.load(self.engine, self.ckpt_dir, tag)
+        if state.get("world_size", self.world) != self.world:
+            raise MmrepError(f"checkpoint {tag} was written by {state['world_size']} ranks, this run has {self.world}; "
+                             "resume at the same world size (DeepSpeed's universal checkpoint converts between sizes)")
+        self.step = int(state.get("step", 0))
+        self.samples_seen = int(state.get("samples_seen", 0))
+        self.data_epoch = int(rank_state.get("data_epoch", state.get("data_epoch", 0)))
+        self.batches_in_epoch = int(rank_state.get("batches_in_epoch", state.get("batches_in_epoch", 0)))
+        self.resumed_from = tag
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _batches(self, batches: Iterable | None) -> Iterator[Any]:
+        """Endless per-rank micro-batches; restores the epoch and skips consumed batches on resume."""
+        if batches is not None:
+            yield from batches
+            return
+        skip = 0 if self.cfg.data.resampled else self.batches_in_epoch
+        while True:
+            self.loader.set_epoch(self.data_epoch)
+            got = 0
+            for i, batch in enumerate(self.loader):
+                if i < skip:
+                    continue
+                self.batches_in_epoch = i + 1
+                got += 1
+                yield batch
+            skip = 0
+            if got == 0 and self.batches_in_epoch == 0:
+                raise MmrepError(f"data.shards {self.cfg.data.shards!r} yielded no batch of {self.cfg.data.batch_size} on "
+                                 f"rank {self.rank}; lower data.batch_size or add data")
+            self.data_epoch += 1
+            self.batches_in_epoch = 0
+
+    def _any_rank(self, flag: bool) -> bool:
+        t = torch.tensor([1.0 if flag else 0.0])
+        if self.world > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def _mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Average step metrics over ranks (the mean of per-rank losses is the global-batch loss)."""
+        if self.world == 1:
+            return metrics
+        keys = sorted(metrics)
+        gathered: list[list[str]] = [None] * self.world  # type: ignore[list-item]
+        dist.all_gather_object(gathered, keys)
+        common = [k for k in keys if all(k in g for g in gathered)]
+        t = torch.tensor([metrics[k] for k in common], dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world for k, v in zip(common, t)}
+
+    def train_step(self, micro: list[Any]) -> dict[str, float]:
+        """One optimizer step over this rank's micro-batches; returns averaged loss metrics."""
+        from mmrep.train.objectives import concat_features
+
+        engine, total = self.engine, self.cfg.optim.total_steps
+        micro = [to_device(b, self.device, self.dtype) for b in micro]
+        sums: dict[str, float] = {}
+        if self.cfg.optim.accum_keep_negatives and len(micro) > 1:
+            with torch.no_grad():
+                cache = [engine(b, mode="features").detach() for b in micro]
+            self._objective_grad_scale = 1.0 / len(micro)
+            try:
+                for i, b in enumerate(micro):
+                    out, _ = engine(b, mode="cached", step=self.step, total_steps=total, cache=cache, index=i)
+                    engine.backward(out.loss, scale_wrt_gas=False)
+                    engine.step()
+                    _accumulate(sums, out)
+            finally:
+                self._objective_grad_scale = 1.0
+            self.objective.after_step(concat_features(cache))
+        else:
+            for b in micro:
+                out, feats = engine(b, mode="loss", step=self.step, total_steps=total)
+                engine.backward(out.loss)
+                engine.step()
+                _accumulate(sums, out)
+                self.objective.after_step(feats.detach())
+        return {k: v / len(micro) for k, v in sums.items()}
+
+    def fit(self, batches: Iterable | None = None) -> dict[str, Any]:
+        """Train until optim.total_steps, the time budget, or SIGTERM/SIGINT; checkpoint and export at the end."""
+        cfg, o = self.cfg, self.cfg.optim
+        if self.rank == 0:
+            save_resolved(cfg, self.out_dir)
+        logger = MetricsLogger(cfg.logging, self.out_dir, to_dict(cfg), o.total_steps, self.step, self.rank)
+        if self.resumed_from:
+            logger.note(f"resumed from {self.ckpt_dir / self.resumed_from} at step {self.step}")
+        stop = {"signal": False}
+        previous = {s: signal.signal(s, lambda *_: stop.update(signal=True)) for s in (signal.SIGTERM, signal.SIGINT)} \
+            if _main_thread() else {}
+        stream = self._batches(batches)
+        timer = StepTimer()
+        t0 = time.perf_counter()
+        stopped_by = "total_steps"
+        last_saved = -1
+        try:
+            self.engine.train()
+            while self.step < o.total_steps:
+                micro = []
+                for _ in range(o.accum_steps):
+                    try:
+                        micro.append(next(stream))
+                    except StopIteration:
+                        break
+                if len(micro) < o.accum_steps:
+                    stopped_by = "data"
+                    break
+                timer.data_ready()
+                metrics = self.train_step(micro)
+                n_local = sum(batch_size_of(b) for b in micro)
+                self.step += 1
+                self.samples_seen += n_local * self.world
+                timer.step_done(n_local * self.world)
+                over_time = bool(cfg.max_train_seconds) and time.perf_counter() - t0 >= cfg.max_train_seconds
+                halt = self._any_rank(over_time or stop["signal"])
+                if self.step % cfg.logging.every_steps == 0 or self.step == o.total_steps or halt:
+                    metrics = self._mean_metrics(metrics)
+                    metrics.update(timer.pop())
+                    metrics.update(lr=self.scheduler.get_last_lr()[0], epoch=self.data_epoch,
+                                   samples_seen=self.samples_seen)
+                    if self.loader is not None:
+                        metrics.update(self.loader.skip_stats.as_dict())
+                    logger.log(self.step, metrics, force=halt)
+                every = cfg.checkpoint.every_steps
+                if every and self.step % every == 0 and self.step < o.total_steps and not halt:
+                    self.save_checkpoint()
+                    last_saved = self.step
+                if halt:
+                    stopped_by = "time budget" if over_time else "signal"
+                    break
+            if last_saved != self.step:
+                self.save_checkpoint()
+            self.export_encoder()
+            logger.note(f"stopped at step {self.step}/{o.total_steps} ({stopped_by}); "
+                        f"checkpoint {self.ckpt_dir / ckpt.tag_for(self.step)}, encoder {self.out_dir / 'encoder'}")
+        finally:
+            logger.close()
+            for s, h in previous.items():
+                signal.signal(s, h)
+        return {"step": self.step, "stopped_by": stopped_by, "samples_seen": self.samples_seen,
+                "seconds": time.perf_counter() - t0}
+
+    def export_encoder(self) -> Path:
+        """The inference export (`save_encoder`) of the trained encoder into OUT/encoder, on rank 0."""
+        from mmrep.model import save_encoder
+
+        encoder = self.engine.module.encoder
+        params = list(encoder.parameters())
+        if self.ds_config["zero_optimization"]["stage"] == 3:
+            import deepspeed
+
+            ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        else:
+            ctx = contextlib.nullcontext()
+        path = self.out_dir / "encoder"
+        with ctx:
+            if self.rank == 0:
+                # ZeRO keeps parameters as views into flat buffers (which safetensors refuses to save) and
+                # may hold them in bf16: export an fp32 copy built from the encoder's own config.
+                from mmrep.model import build_encoder
+
+                fresh = build_encoder(encoder.cfg, load_pretrained=False)
+                fresh.load_state_dict({k: v.detach().float().clone() if v.is_floating_point() else v.detach().clone()
+                                       for k, v in encoder.state_dict().items()})
+                save_encoder(fresh.eval(), path)
+        dist.barrier()
+        return path
+
+
+def _accumulate(sums: dict[str, float], out: Any) -> None:
+    sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach())
+    for k, v in (getattr(out, "metrics", None) or {}).items():
+        if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1):
+            sums[k] = sums.get(k, 0.0) + float(v)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Build a Trainer and fit it; the whole stage in one call."""
+    return Trainer(cfg).fit()

@@ -1,0 +1,231 @@
+"""`mmrep augment`: a new shard set with entity-preserving rewrites, a consistency filter, eval guard."""
+
+import io
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmrep import cli, config
+from mmrep.data.readers import iter_products
+from mmrep.data.shards import ShardWriter, read_manifest
+from mmrep.errors import MmrepError
+from mmrep.records import Product, sample_key
+from mmrep.train import augment
+from mmrep.train.augment import AUGMENTERS, AugmentConfig, augment_shards, build_augmenter
+
+ROOT = Path(__file__).resolve().parents[2]
+COLOURS = {"red": (210, 30, 30), "blue": (30, 40, 210), "green": (30, 170, 40), "yellow": (230, 210, 20)}
+
+
+def square(rgb, size=32):
+    """A coloured product on a white background (PNG bytes)."""
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    img.paste(Image.new("RGB", (size // 2 + 4, size // 2 + 4), rgb), (size // 4 - 2, size // 4 - 2))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def products(split="train"):
+    out = []
+    for i, (name, rgb) in enumerate(COLOURS.items()):
+        cat = ["Apparel", "Shirts"] if i % 2 else ["Footwear", "Shoes"]
+        out.append(Product(id=f"item.{i}", title=f"{name} {cat[-1].lower()}", category=cat,
+                           attributes={"baseColour": name.capitalize(), "usage": "Casual"},
+                           images=[square(rgb)], image_exts=["png"], split=split))
+    return out
+
+
+def write_set(root: Path, split: str, items) -> Path:
+    with ShardWriter(root / split, prefix=split, max_count=3) as w:
+        for p in items:
+            w.write({"__key__": sample_key(p.id), **p.to_sample()})
+    return root / split
+
+
+def dominant(data: bytes) -> np.ndarray:
+    """Mean colour of the centre patch (the product; crops keep the centre inside it)."""
+    a = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)
+    h, w = a.shape[0] // 2, a.shape[1] // 2
+    return a[h - 2:h + 2, w - 2:w + 2].reshape(-1, 3).mean(0)
+
+
+def test_builtin_augmentation_writes_a_new_set_and_keeps_entities(tmp_path):
+    src = write_set(tmp_path / "in", "train", products())
+    before = sorted(p.name for p in src.iterdir())
+    cfg = AugmentConfig(shards=str(src), out=str(tmp_path / "out"), images_per_product=3, seed=3)
+    manifest = augment_shards(cfg)
+    dest = tmp_path / "out" / "train"
+    assert sorted(p.name for p in src.iterdir()) == before  # the input set is untouched
+    assert read_manifest(dest)["count"] == 4 and manifest["augment"]["products"] == 4
+    assert (dest / "augment_config.yaml").is_file()
+    resolved = config.load(augment.AugmentRun, dest / "augment_config.yaml")
+    assert resolved.augment.images_per_product == 3
+    out = {p.id: p for p in iter_products(dest)}
+    originals = {p.id: p for p in products()}
+    assert set(out) == set(originals)
+    stats = manifest["augment"]
+    assert stats["images_generated"] + stats["images_skipped"] == 12
+    assert sum(len(p.images) - 1 for p in out.values()) == stats["images_kept"] == stats["images_generated"]
+    for pid, p in out.items():
+        o = originals[pid]
+        assert p.title != o.title and o.title in p.title  # enriched, original words kept
+        title = p.title.lower()  # entities kept (case-insensitive, as the tokenizer lowercases)
+        assert o.attributes["baseColour"].lower() in title and o.category[-1].lower() in title and "casual" in title
+        assert p.images[0] == o.images[0] and len(p.images) >= 2
+        want = np.array(COLOURS[o.title.split()[0]], dtype=np.float32)
+        for img in p.images[1:]:  # generated images keep the colour attribute plausible
+            assert np.abs(dominant(img) - want).max() < 60
+    with pytest.raises(MmrepError, match="already exists"):
+        augment_shards(cfg)
+    augment_shards(cfg, overwrite=True)
+
+
+def test_builtin_augmenters_preserve_the_product():
+    p = products()[0]
+    img = Image.open(io.BytesIO(p.images[0])).convert("RGB")
+    rng = random.Random(0)
+    swapped = build_augmenter("background_swap")(img, p, rng)
+    a, b = np.asarray(img), np.asarray(swapped)
+    assert (a[16, 16] == b[16, 16]).all() and not (a[0, 0] == b[0, 0]).all()  # product kept, background changed
+    plain = Image.new("RGB", (32, 32), (200, 30, 30))  # no separable subject: skipped, not recoloured
+    assert build_augmenter("background_swap")(plain, p, rng) is None
+    with pytest.raises(MmrepError, match="colour attribute"):
+        build_augmenter("color_jitter", {"brightness": 0.9})
+    with pytest.raises(MmrepError, match="augment.options.flip"):
+        build_augmenter("flip", {"bogus": 1})
+    assert augment.ensure_entities("nice tee", p) == "nice tee Red Casual Shoes"
+
+
+@pytest.mark.parametrize("split", ["test", "val", "Eval"])
+def test_refuses_evaluation_splits_unless_forced(tmp_path, split):
+    src = write_set(tmp_path / "in", split, products(split))
+    cfg = AugmentConfig(shards=str(src), out=str(tmp_path / "out"))
+    with pytest.raises(MmrepError, match="never augmented"):
+        augment_shards(cfg)
+    assert not (tmp_path / "out" / split).exists()
+    # renaming the output does not launder an eval split, nor does a train-named folder of test products
+    with pytest.raises(MmrepError, match="never augmented"):
+        augment_shards(AugmentConfig(shards=str(src), out=str(tmp_path / "out"), split="train"))
+    disguised = write_set(tmp_path / "in2", "train", products(split))
+    with pytest.raises(MmrepError, match="never augmented"):
+        augment_shards(AugmentConfig(shards=str(disguised), out=str(tmp_path / "out2")))
+    assert not (tmp_path / "out2" / "train").exists()  # atomic: nothing half-written
+    forced = augment_shards(AugmentConfig(shards=str(src), out=str(tmp_path / "out"), unsafe_allow_eval_split=True))
+    assert forced["count"] == 4
+
+
+def test_cli_main_and_errors(tmp_path, capsys):
+    src = write_set(tmp_path / "in", "test", products("test"))
+    assert cli.main(["augment", "--shards", str(src), "--out", str(tmp_path / "o")]) == 2
+    assert "never augmented" in capsys.readouterr().err
+    train = write_set(tmp_path / "in", "train", products())
+    code = cli.main(["augment", "--shards", str(train), "--out", str(tmp_path / "o"), "--augment.images_per_product=1",
+                     "--augment.image_augmenters=[flip]"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["count"] == 4 and report["images_kept"] == 4
+    assert cli.main(["augment", "--shards", str(train), "--out", str(tmp_path / "o"),
+                     "--augment.image_augmenters=[nope]"]) == 2
+    assert "not registered" in capsys.readouterr().err
+    assert cli.main(["augment", "--shards", str(train), "--out", str(tmp_path / "p"), "--augment.filter=open_clip"]) == 2
+    assert "filter_checkpoint" in capsys.readouterr().err
+
+
+def test_hf_vlm_augmenter_names_a_missing_path(tmp_path):
+    with pytest.raises(MmrepError, match="hf_vlm.path .* is not a directory"):
+        build_augmenter("hf_vlm", {"path": str(tmp_path / "no-such-model")})
+    with pytest.raises(MmrepError, match="cannot load a vision-language model"):
+        build_augmenter("hf_vlm", {"path": str(tmp_path)})  # a directory without a model
+
+
+def test_scorer_checkpoint_errors(tmp_path):
+    with pytest.raises(MmrepError, match="open_clip_config.json"):
+        augment.build_scorer("open_clip", f"local-dir:{tmp_path}")
+    with pytest.raises(MmrepError, match="not an mmrep encoder directory"):
+        augment.build_scorer("mmrep", str(tmp_path))
+
+
+class Recolour:
+    """A bad 'editor': repaints the product in another colour (the filter must drop it)."""
+
+    kind = "image"
+
+    def __call__(self, image, product, rng):
+        colour = product.title.split()[0]
+        other = [c for c in COLOURS if c != colour][0]
+        return Image.open(io.BytesIO(square(COLOURS[other])))
+
+
+class WrongColourTitle:
+    kind = "title"
+
+
+    def __call__(self, product, rng):
+        """Another product's title (a rewrite that describes the wrong item)."""
+        titles = [p.title for p in products()]
+        return titles[(titles.index(product.title) + 1) % len(titles)]
+
+
+@pytest.fixture(scope="module")
+def trained_clip(tmp_path_factory):
+    """A tiny open_clip two-tower (mmrep backbone "clip") trained to match colour images and titles."""
+    from mmrep.data.readers import build_collator
+    from mmrep.data.tokenize import ProductTokenizer
+    from mmrep.model.clip import export_open_clip
+    from mmrep.model.config import ModelConfig
+    from mmrep.model.encoder import build_encoder, save_encoder
+    from mmrep.train.losses import ContrastiveLoss
+
+    cfg = config.load(ModelConfig, ROOT / "configs" / "model" / "clip-tiny.yaml")
+    torch.manual_seed(0)
+    enc = build_encoder(cfg, load_pretrained=False)
+    col = build_collator(ProductTokenizer(cfg.tokenizer), cfg.image_size, cfg.image_mean, cfg.image_std, 1, train=False)
+    items = products()
+    images = col.products([Product(id=p.id, images=p.images) for p in items]).inputs
+    titles = col.products([Product(id=p.id, title=p.title) for p in items]).inputs
+    loss_fn = ContrastiveLoss(temperature=0.1)
+    opt = torch.optim.Adam([*enc.parameters(), *loss_fn.parameters()], lr=2e-3)
+    for _ in range(60):
+        loss = loss_fn(enc(images).embedding, enc(titles).embedding)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    root = tmp_path_factory.mktemp("clip")
+    enc.eval()
+    return export_open_clip(enc, root / "open_clip"), save_encoder(enc, root / "mmrep"), float(loss.detach())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["open_clip", "mmrep"])
+def test_consistency_filter_drops_mismatched_generations(tmp_path, monkeypatch, trained_clip, backend):
+    oc_dir, mm_dir, final_loss = trained_clip
+    checkpoint = f"local-dir:{oc_dir}" if backend == "open_clip" else str(mm_dir)
+    scorer = augment.build_scorer(backend, checkpoint)
+    items = products()
+    sims = np.array([[scorer.score([p.images[0]], [q.title])[0] for q in items] for p in items])
+    matched, mismatched = np.diag(sims), sims[~np.eye(4, dtype=bool)]
+    assert matched.min() > mismatched.max(), (final_loss, sims)
+    threshold = float(matched.min() + mismatched.max()) / 2
+
+    monkeypatch.setitem(AUGMENTERS, "recolour", Recolour)
+    monkeypatch.setitem(AUGMENTERS, "wrong_colour_title", WrongColourTitle)
+    src = write_set(tmp_path / "in", "train", items)
+    cfg = AugmentConfig(shards=str(src), out=str(tmp_path / "out"), title_augmenters=["wrong_colour_title"],
+                        image_augmenters=["flip", "recolour"], images_per_product=6, seed=1, filter=backend,
+                        filter_checkpoint=checkpoint, filter_threshold=threshold)
+    stats = augment_shards(cfg)["augment"]
+    assert stats["titles_generated"] == 4 and stats["titles_dropped"] == 4 and stats["titles_kept"] == 0
+    assert stats["images_generated"] == 24 and stats["images_dropped"] > 0 and stats["images_kept"] > 0
+    assert stats["images_kept"] + stats["images_dropped"] == 24
+    out = {p.id: p for p in iter_products(tmp_path / "out" / "train")}
+    for p in items:
+        got = out[p.id]
+        assert got.title == p.title  # the wrong-colour rewrite was dropped
+        want = np.array(COLOURS[p.title.split()[0]], dtype=np.float32)
+        assert all(np.abs(dominant(img) - want).max() < 30 for img in got.images)  # no recoloured image kept

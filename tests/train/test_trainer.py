@@ -1,0 +1,197 @@
+"""The DeepSpeed trainer in one process: stages end to end, feature caching, resume, config errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmrep.errors import MmrepError
+from mmrep.train.schedule import warmup_cosine
+
+
+
+def test_warmup_cosine_shape():
+    lr = [warmup_cosine(s, 4, 20, 0.1) for s in range(20)]
+    assert lr[0] == pytest.approx(0.25) and lr[3] == pytest.approx(1.0)  # linear warmup
+    assert all(a >= b for a, b in zip(lr[3:], lr[4:]))  # then non-increasing
+    assert lr[-1] > 0.1 and warmup_cosine(20, 4, 20, 0.1) == pytest.approx(0.1)  # ends at min_ratio
+    assert warmup_cosine(10, 0, 20) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_config_composes_sections_and_rejects_bad_keys(th, tiny_world, tmp_path):
+    from mmrep.train.trainer import load_config
+
+    cfg = th.config(tiny_world, tmp_path / "run", "posttrain", **{"optim.micro_batch": 4, "deepspeed.zero_stage": 2})
+    assert cfg.stage == "posttrain" and cfg.data.batch_size == 4  # micro_batch drives the loader
+    assert cfg.model.embed_dim == 64 and cfg.model.moe.mode == "modality"  # model YAML path resolved
+    assert cfg.init_from == "runs/pretrain-tiny" and cfg.loss.queue
+    with pytest.raises(MmrepError, match="optim.bogus"):
+        load_config(str(th.repo / "configs/train/pretrain-tiny.yaml"), ["--optim.bogus=1"])
+    with pytest.raises(MmrepError, match="zero_stage"):
+        load_config(str(th.repo / "configs/train/pretrain-tiny.yaml"), ["--deepspeed.zero_stage=5"])
+    with pytest.raises(MmrepError, match="pairs"):
+        load_config(str(th.repo / "configs/train/align-tiny.yaml"), ["--pairs="])
+
+
+def test_cli_parses_top_level_keys_and_resume(th, tiny_world, tmp_path):
+    from mmrep.train.cli import parse
+
+    cfg = parse(["--config", str(th.repo / "configs/train/pretrain-tiny.yaml"), f"--output_dir={tmp_path}/x",
+                 "--seed=3", "--resume", "latest", "--optim.lr=2e-3", "--local_rank=0"], stage="pretrain")
+    assert cfg.output_dir == f"{tmp_path}/x" and cfg.seed == 3 and cfg.optim.lr == 2e-3
+    assert cfg.checkpoint.resume == "latest" and cfg.stage == "pretrain"
+    with pytest.raises(MmrepError, match="--config"):
+        parse([], stage="pretrain")
+
+
+def test_refuses_moe_with_zero3_and_existing_run(th, tiny_world, tmp_path):
+    from mmrep.train.trainer import Trainer
+
+    with pytest.raises(MmrepError, match="ZeRO-3 does not support Mixture-of-Experts"):
+        Trainer(th.config(tiny_world, tmp_path / "z3", **{"deepspeed.config": "configs/deepspeed/zero3.json"}))
+    with pytest.raises(MmrepError, match="deepspeed.config"):
+        Trainer(th.config(tiny_world, tmp_path / "nojson", **{"deepspeed.config": "configs/deepspeed/nope.json"}))
+    (tmp_path / "done" / "encoder").mkdir(parents=True)
+    with pytest.raises(MmrepError, match="already holds a training run"):
+        Trainer(th.config(tiny_world, tmp_path / "done"))
+
+
+def _encoder_close(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.allclose(sa[k].float(), sb[k].float()) for k in sa)
+
+
+@pytest.mark.slow
+def test_pretrain_then_posttrain_tiny(th, tiny_world, tmp_path, monkeypatch):
+    """Pretrain, then post-train from its encoder: checkpoints, metrics.jsonl, resolved config, export, W&B offline."""
+    from mmrep.model import load_encoder
+    from mmrep.train.trainer import Trainer, load_config
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    pre = tmp_path / "pre"
+    trainer = Trainer(th.config(tiny_world, pre, **{"checkpoint.every_steps": 1, "checkpoint.keep_last": 2,
+                                                     "logging.wandb": "offline"}))
+    summary = trainer.fit()
+    assert summary["step"] == 4 and summary["stopped_by"] == "total_steps"
+    ckpts = pre / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith("global")) == ["global_step3", "global_step4"]
+    assert (ckpts / "latest").read_text() == "global_step4"
+    rows = [json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("loss", "loss/intra", "temperature", "lr", "samples_per_s", "data_wait_s", "compute_s",
+                "moe/load_0", "data/skipped"):
+        assert key in rows[-1], key
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert rows[-1]["samples_seen"] == 4 * 8
+    resolved = load_config(str(pre / "config.yaml"))
+    assert resolved.optim.total_steps == 4 and resolved.model.embed_dim == 64
+    assert list((tmp_path / "wandb" / "wandb").glob("offline-run-*")), "W&B offline run dir missing"
+    exported = load_encoder(pre / "encoder")
+    assert _encoder_close(exported, trainer.engine.module.encoder)
+
+    post = tmp_path / "post"
+    cfg = th.config(tiny_world, post, "posttrain", init_from=pre, **{"optim.total_steps": 3})
+    t2 = Trainer(cfg)
+    assert _encoder_close(t2.engine.module.encoder, exported)  # started from the pretrain export
+    summary = t2.fit()
+    assert summary["step"] == 3
+    rows = [json.loads(line) for line in (post / "metrics.jsonl").read_text().splitlines()]
+    assert "loss/intra" in rows[-1] and any(k.startswith("loss/inter") for k in rows[-1])
+    assert any(k.startswith("omega/") for k in rows[-1]) and any(k.startswith("filter/") for k in rows[-1])
+    assert len(t2.objective.queue) > 0  # the memory queue was filled by after_step
+    assert not _encoder_close(load_encoder(post / "encoder"), exported)  # post-training changed the weights
+
+
+def _fixed_batches(trainer, world: Path, n: int, size: int) -> list:
+    from mmrep.data.readers import iter_products
+
+    products = list(iter_products(world / "items" / "train"))[: n * size]
+    collator = trainer.collator(train=False)
+    return [collator.products(products[i * size:(i + 1) * size]) for i in range(n)]
+
+
+@pytest.mark.slow
+def test_accum_keep_negatives_equals_full_batch(th, tiny_world, tmp_path):
+    """Feature caching over 2 micro-batches of 4 = one batch of 8 (loss and the updated weights);
+    DeepSpeed's plain accumulation over the same micro-batches gives a different loss."""
+    from mmrep.train.trainer import Trainer
+
+    # The MoE load-balancing loss is taken per encoder call (per micro-batch) by design, so it is the one
+    # term that differs between the two; switch it off to compare the contrastive part exactly.
+    common = {"optim.total_steps": 1, "optim.warmup_steps": 0, "optim.grad_clip": 0.5, "loss.aux_coef": 0.0}
+    full = Trainer(th.config(tiny_world, tmp_path / "full", **common, **{"data.batch_size": 8}))
+    batch = _fixed_batches(full, tiny_world, 1, 8)[0]
+    halves = [_select(batch, slice(0, 4)), _select(batch, slice(4, 8))]
+    m_full = full.train_step([batch])
+    cached = Trainer(th.config(tiny_world, tmp_path / "cached", **common, **{
+        "data.batch_size": 4, "optim.accum_steps": 2, "optim.accum_keep_negatives": True}))
+    m_cached = cached.train_step(halves)
+    assert m_cached["loss"] == pytest.approx(m_full["loss"], abs=1e-5)
+    assert _encoder_close(cached.engine.module, full.engine.module)
+    plain = Trainer(th.config(tiny_world, tmp_path / "plain", **common, **{
+        "data.batch_size": 4, "optim.accum_steps": 2}))
+    m_plain = plain.train_step(halves)
+    assert abs(m_plain["loss"] - m_full["loss"]) > 1e-3  # fewer negatives per micro-batch
+
+
+def _select(batch, rows):
+    from mmrep.data.collate import ProductBatch
+
+    return ProductBatch(batch.ids[rows], batch.inputs.select(rows), batch.category[rows], batch.labels[rows],
+                        None if batch.view is None else batch.view.select(rows))
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_trajectory(th, tiny_world, tmp_path):
+    """Resuming from step 2 reproduces steps 3-4 of the uninterrupted run (weights, optimizer, LR, queue)."""
+    from mmrep.train.trainer import Trainer
+
+    out = tmp_path / "run"
+    extra = {"checkpoint.every_steps": 2, "checkpoint.keep_last": 3, "optim.total_steps": 4}
+    first = Trainer(th.config(tiny_world, out, "posttrain", init_from="", **extra))
+    batches = _triplet_batches(first, tiny_world, 4)
+    first.fit(batches)
+    ref = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert (out / "checkpoints" / "global_step2" / "trainer_state.json").is_file()
+
+    second = Trainer(th.config(tiny_world, out, "posttrain", init_from="",
+                                 **extra, **{"checkpoint.resume": "global_step2"}))
+    assert second.step == 2 and second.samples_seen == 2 * 8
+    assert second.scheduler.last_epoch == 2
+    second.fit(batches[2:])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 3, 4]  # the log is appended to
+    for a, b in zip(ref[2:], rows[4:]):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-6)
+        assert b["lr"] == pytest.approx(a["lr"])
+    with pytest.raises(MmrepError, match="no such checkpoint"):
+        Trainer(th.config(tiny_world, out, "posttrain", init_from="", **{"checkpoint.resume": "global_step99"}))
+
+
+def _triplet_batches(trainer, world: Path, n: int) -> list:
+    from mmrep.data.readers import iter_triplets
+
+    triplets = list(iter_triplets(world / "triplets" / "train"))[: n * 8]
+    collator = trainer.collator(train=False)
+    return [collator.triplets(triplets[i * 8:(i + 1) * 8]) for i in range(n)]
+
+
+@pytest.mark.slow
+def test_align_stage_and_time_budget(th, tiny_world, tmp_path):
+    """Item alignment on the pair CSV; a time budget stops cleanly with a checkpoint and an export."""
+    from mmrep.train.trainer import Trainer
+
+    out = tmp_path / "align"
+    cfg = th.config(tiny_world, out, "align", init_from="", pairs=tiny_world / "pairs.csv",
+                      max_train_seconds=1e-3, **{"optim.total_steps": 50})
+    summary = Trainer(cfg).fit()
+    assert summary["stopped_by"] == "time budget" and summary["step"] == 1
+    assert (out / "checkpoints" / "latest").read_text() == "global_step1"
+    assert (out / "encoder" / "model.safetensors").is_file()
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["step"] == 1 and "loss/align" in row

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quantize.py            # 1,000,000 x 256
     python benchmarks/bench_quantize.py --quick    # 100,000 x 256
+    python benchmarks/bench_quantize.py --quick --all-methods   # + mmrep's progressive and faiss-rq
 
 Both run as child processes on the same .npy file so that each one's peak RSS is its own (os.wait4).
 Baseline: `faiss.ResidualQuantizer(256, 3, 8)` with `max_beam_size = 1` (greedy residual k-means, the
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,6 +85,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--levels", type=int, default=3)
     ap.add_argument("--centroids", type=int, default=256)
+    ap.add_argument("--all-methods", action="store_true", help="also time --method progressive and faiss-rq")
     ap.add_argument("--workdir", default="", help="where to write the data (default: a temp folder)")
     args = ap.parse_args()
     n = args.n or (100_000 if args.quick else 1_000_000)
@@ -98,25 +101,24 @@ def main() -> None:
     print(f"threads: OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}, cpus={os.cpu_count()}")
 
     out = work / "codes"
-    cmd = [sys.executable, "-m", "mmrep.cli", "quantize", "--emb", str(emb), "--out", str(out), "--overwrite",
-           "--levels", str(args.levels), "--centroids", str(args.centroids), "--vq-k", "0", "--seed", "0"]
-    wall, rss, _ = run_measured(cmd, env)
-    report = json.loads((out / "report.json").read_text())
-    t = report["timings"]
-    print(f"mmrep quantize (kmeans per level, train sample {min(n, 100_000)}): wall {wall:.1f}s "
-          f"(train {t['train_s']:.1f}s, encode {t['encode_s']:.1f}s, recall eval {t.get('eval_s', 0):.1f}s), "
-          f"peak RSS {rss:.0f} MiB, relative error {report['reconstruction']['relative']:.4f}, "
-          f"collision rate {report['collisions']['collision_rate']:.4f}")
-
-    cmd = [sys.executable, "-m", "mmrep.cli", "quantize", "--emb", str(emb), "--out", str(out), "--overwrite",
-           "--levels", str(args.levels), "--centroids", str(args.centroids), "--vq-k", "0", "--seed", "0",
-           "--method", "faiss-rq"]
-    wall2, rss2, _ = run_measured(cmd, env)
-    report2 = json.loads((out / "report.json").read_text())
-    t2 = report2["timings"]
-    print(f"mmrep quantize --method faiss-rq: wall {wall2:.1f}s (train {t2['train_s']:.1f}s, encode "
-          f"{t2['encode_s']:.1f}s), peak RSS {rss2:.0f} MiB, relative error "
-          f"{report2['reconstruction']['relative']:.4f}")
+    methods = ["kmeans"] + (["progressive", "faiss-rq"] if args.all_methods else [])
+    first = None
+    for method in methods:
+        cmd = [sys.executable, "-m", "mmrep.cli", "quantize", "--emb", str(emb), "--out", str(out), "--overwrite",
+               "--levels", str(args.levels), "--centroids", str(args.centroids), "--vq-k", "0", "--seed", "0",
+               "--method", method]
+        wall, rss, _ = run_measured(cmd, env)
+        report = json.loads((out / "report.json").read_text())
+        t = report["timings"]
+        first = first or (wall, rss)
+        r = report.get("retrieval", {})
+        print(f"mmrep quantize --method {method} (train sample {min(n, 100_000)}): wall {wall:.1f}s "
+              f"(train {t['train_s']:.1f}s, encode {t['encode_s']:.1f}s, recall eval {t.get('eval_s', 0):.1f}s), "
+              f"peak RSS {rss:.0f} MiB, relative error {report['reconstruction']['relative']:.4f}, "
+              f"collision rate {report['collisions']['collision_rate']:.4f}, largest bucket "
+              f"{report['collisions']['largest_bucket']}, reconstruction recall@{r.get('k')} "
+              f"{r.get('reconstruction_recall', float('nan')):.3f}")
+    wall, rss = first
 
     wall3, rss3, stdout = run_measured([sys.executable, "-c", FAISS_CHILD, str(emb / "embeddings.npy"),
                                         str(args.levels), str(nbits)], env)
@@ -124,7 +126,9 @@ def main() -> None:
     print(f"baseline faiss.ResidualQuantizer({args.dim}, {args.levels}, {nbits}) max_beam_size=1 direct: "
           f"wall {wall3:.1f}s (load {f['load_s']:.1f}s, train {f['train_s']:.1f}s, encode {f['encode_s']:.1f}s), "
           f"peak RSS {rss3:.0f} MiB, relative error {f['relative_error']:.4f}")
-    print(f"ratio mmrep/faiss: wall {wall / wall3:.2f}x, peak RSS {rss / rss3:.2f}x")
+    print(f"ratio mmrep (kmeans) / faiss direct: wall {wall / wall3:.2f}x, peak RSS {rss / rss3:.2f}x")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

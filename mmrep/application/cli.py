@@ -53,7 +53,7 @@ def quantize_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="output folder: codes.csv, codes.safetensors, report.json")
     p.add_argument("--levels", type=int)
     p.add_argument("--centroids", type=int)
-    p.add_argument("--method", choices=["kmeans", "faiss-rq"])
+    p.add_argument("--method", choices=["kmeans", "progressive", "faiss-rq"])
     p.add_argument("--vq-k", type=int, help="nearest items per VQ code (0 disables)")
     p.add_argument("--seed", type=int)
     p.add_argument("--dedup", action="store_true", default=None, help="append a de-duplication digit")

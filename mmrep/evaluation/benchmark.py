@@ -217,7 +217,7 @@ def from_catalogue(shards: str | Path, out: str | Path, name: str = "", classifi
                   "queries": "one per item: text = title; image = user-photo-like augmentation of the item's first "
                              "image (the gallery keeps the original); ground truth = the item itself",
                   "items": "evaluated label fields and the category path removed from the item text"}
-    return write_benchmark(out, name or f"{Path(str(shards)).name}-bench", items, queries, labels, provenance, overwrite)
+    return write_benchmark(out, name or "-".join(Path(str(shards)).resolve().parts[-2:]), items, queries, labels, provenance, overwrite)
 
 
 def from_world(world: str | Path, out: str | Path, split: str = "test", name: str = "",

@@ -34,18 +34,23 @@ def positive_ranks(scores: np.ndarray | torch.Tensor, positives: Sequence[Sequen
     s = _as_tensor(scores)
     if s.ndim != 2 or s.shape[0] != len(positives):
         raise ValueError(f"scores must be (Q, G) with Q == len(positives), got {tuple(s.shape)} and {len(positives)}")
-    g = s.shape[1]
-    idx = torch.arange(g)
-    out = []
+    nq, g = s.shape
+    lengths = [len(p) for p in positives]
+    if nq and min(lengths) == 0:
+        raise ValueError(f"query {lengths.index(0)} has no positives")
+    width = max(lengths, default=0)
+    pidx = torch.zeros(nq, width, dtype=torch.long)
     for q, pos in enumerate(positives):
-        pos_t = torch.as_tensor(list(pos), dtype=torch.long)
-        if pos_t.numel() == 0:
-            raise ValueError(f"query {q} has no positives")
-        row = s[q]
-        sp = row[pos_t]  # (P,)
-        better = (row[None, :] > sp[:, None]) | ((row[None, :] == sp[:, None]) & (idx[None, :] < pos_t[:, None]))
-        out.append(better.sum(dim=1).numpy().astype(np.int64))
-    return out
+        pidx[q, : len(pos)] = torch.as_tensor(list(pos), dtype=torch.long)
+    if pidx.numel() and (pidx.min() < 0 or pidx.max() >= g):
+        raise ValueError("positive index outside the gallery")
+    cols = torch.arange(g)
+    ranks = torch.zeros(nq, width, dtype=torch.long)
+    for j in range(width):  # one positive slot at a time keeps memory at (Q, G)
+        pj = pidx[:, j : j + 1]
+        sp = s.gather(1, pj)
+        ranks[:, j] = ((s > sp) | ((s == sp) & (cols[None, :] < pj))).sum(dim=1)
+    return [ranks[q, :n].numpy() for q, n in enumerate(lengths)]
 
 
 def first_relevant_ranks(

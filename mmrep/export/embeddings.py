@@ -81,6 +81,8 @@ def open_encoder(path: str | Path | None = None, config: str | Path | None = Non
         path = Path(path)
         if not path.is_dir():
             raise MmrepError(f"encoder dir not found: {path} (pass the encoder/ folder of a training run)")
+        if not (path / CONFIG_FILE).is_file() and (path / "encoder" / CONFIG_FILE).is_file():
+            path = path / "encoder"  # a training run folder: use its inference export
         encoder = load_encoder(path)
         fingerprint = _sha256_files([path / CONFIG_FILE, path / WEIGHTS_FILE])
         label = name or (path.parent.name + "/" + path.name if path.name == "encoder" else path.name)
@@ -533,21 +535,39 @@ __all__ = ["ExportConfig", "EncoderHandle", "save_embeddings", "open_encoder", "
 def save_embeddings(out: str | Path, ids: Sequence[str], emb: np.ndarray, part_size: int = 100_000,
                     kind: str = "items", name: str = "arrays", fingerprint: str = "none", overwrite: bool = False) -> dict:
     """Write precomputed (N, D) embeddings + ids in the export format (e.g. synthetic or third-party vectors)."""
+    if len(ids) != emb.shape[0]:
+        raise MmrepError("save_embeddings needs one id per embedding row")
+    chunks = ((ids[s : s + part_size], emb[s : s + part_size]) for s in range(0, len(ids), part_size))
+    return save_embedding_parts(out, chunks, kind, name, fingerprint, overwrite)
+
+
+def save_embedding_parts(out: str | Path, chunks: Iterable[tuple[Sequence[str], np.ndarray]], kind: str = "items",
+                         name: str = "arrays", fingerprint: str = "none", overwrite: bool = False) -> dict:
+    """Write (ids, (n_i, D)) chunks as parts + index.json (last), never holding more than one chunk."""
     out = Path(out)
     _prepare_out(out, overwrite)
-    if len(ids) != emb.shape[0] or len(set(ids)) != len(ids):
-        raise MmrepError("save_embeddings needs one unique id per embedding row")
-    dtype = "float16" if emb.dtype == np.float16 else "float32"
-    entries = []
-    for c, start in enumerate(range(0, len(ids), part_size)):
+    seen: set[str] = set()
+    entries, dim, dtype = [], None, "float32"
+    for c, (chunk_ids, emb) in enumerate(chunks):
+        chunk_ids = [str(i) for i in chunk_ids]
+        if len(chunk_ids) != emb.shape[0]:
+            raise MmrepError("save_embedding_parts: a chunk has a different number of ids and rows")
+        if seen.intersection(chunk_ids) or len(set(chunk_ids)) != len(chunk_ids):
+            raise MmrepError("save_embedding_parts: ids must be unique")
+        seen.update(chunk_ids)
+        dtype = "float16" if emb.dtype == np.float16 else "float32"
+        if dim is not None and emb.shape[1] != dim:
+            raise MmrepError("save_embedding_parts: chunks differ in dimension")
+        dim = int(emb.shape[1])
         name_c = part_name(0, c)
-        chunk_ids = [str(i) for i in ids[start : start + part_size]]
-        write_part(out / name_c, chunk_ids, emb[start : start + part_size].astype(dtype),
+        write_part(out / name_c, chunk_ids, emb.astype(dtype, copy=False),
                    {"format": FORMAT, "version": str(VERSION), "fingerprint": fingerprint, "kind": kind,
-                    "dim": str(emb.shape[1]), "dtype": dtype, "skipped": "0"})
+                    "dim": str(dim), "dtype": dtype, "skipped": "0"})
         entries.append({"name": name_c, "count": len(chunk_ids)})
-    index = {"format": FORMAT, "version": VERSION, "kind": kind, "view": "mm", "dim": int(emb.shape[1]), "dtype": dtype,
-             "count": len(ids), "skipped": 0, "normalized": False, "parts": entries,
+    if dim is None:
+        raise MmrepError("save_embedding_parts: nothing to write")
+    index = {"format": FORMAT, "version": VERSION, "kind": kind, "view": "mm", "dim": dim, "dtype": dtype,
+             "count": len(seen), "skipped": 0, "normalized": False, "parts": entries,
              "encoder": {"name": name, "fingerprint": fingerprint}, "faiss": None}
     with atomic_write(out / INDEX, "w") as f:
         json.dump(index, f, indent=1)

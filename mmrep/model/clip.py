@@ -56,8 +56,11 @@ class ClipEncoder(Encoder):
         self.model_cfg = clip_model_cfg(cfg)
         self.clip = CLIP(**self.model_cfg)
         if cfg.clip.name and cfg.clip.pretrained and load_pretrained:
+            from open_clip.model import resize_pos_embed
+
             state = open_clip_state(cfg.clip.name, cfg.clip.pretrained)
             state["logit_scale"] = state["logit_scale"].reshape(1)
+            resize_pos_embed(state, self.clip)
             self.clip.load_state_dict(state)
         self.context_length = self.clip.context_length
         if cfg.tokenizer.context_length > self.context_length:

@@ -44,6 +44,7 @@ def open_clip_state(name: str, pretrained: str) -> dict[str, torch.Tensor]:
 def _load_prefixed(module: nn.Module, state: dict[str, torch.Tensor], prefixes: tuple[str, ...], strip: str, what: str) -> None:
     sub = {k[len(strip):]: v for k, v in state.items() if k.startswith(prefixes)}
     missing, _ = module.load_state_dict(sub, strict=False)
+    missing = [k for k in missing if k not in ("proj", "text_projection")]  # pooled heads we do not use
     if missing:
         raise MmrepError(f"{what} weights lack {len(missing)} tensors (e.g. {missing[0]}); check the model name")
 
@@ -66,7 +67,13 @@ class VisionTokens(nn.Module):
             if getattr(self.vit, "attn_pool", None) is not None or not hasattr(self.vit, "ln_post"):
                 raise MmrepError(f"model.vision.name {cfg.name!r}: only plain open_clip ViTs give patch tokens")
             if cfg.name and cfg.pretrained and load_pretrained:
+                from types import SimpleNamespace
+
+                from open_clip.model import resize_pos_embed
+
                 state = open_clip_state(cfg.name, cfg.pretrained)
+                state.pop("visual.proj", None)  # the pooled projection is dropped below
+                resize_pos_embed(state, SimpleNamespace(visual=self.vit))  # checkpoint grid -> our image_size
                 _load_prefixed(self.vit, state, ("visual.",), "visual.", "open_clip vision")
             self.vit.proj = None  # we take patch tokens; the pooled projection would be an unused parameter
             self.width = self.vit.transformer.width

@@ -38,7 +38,7 @@ class QueryPlan:
     positive: int
     negatives: list[int]
     mode: str  # "text" | "image" | "text+image"
-    session: Session = field(repr=False, default=None)
+    session: Session | None = field(repr=False, default=None)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -167,17 +167,16 @@ def assign_times(cfg, sessions: list[Session]) -> None:
 
 def event_table(sessions: list[Session]) -> dict[str, np.ndarray]:
     """Rows (user, item, time, event code, query index) sorted by (time, event, item)."""
-    cols: dict[str, list[int]] = {"user": [], "item": [], "time": [], "event": [], "query": []}
-    for s in sessions:
-        for i, c, b in zip(s.items, s.clicked, s.purchased):
-            for ev, on in ((EXPOSURE, True), (CLICK, c), (PURCHASE, b)):
-                if on:
-                    cols["user"].append(s.user)
-                    cols["item"].append(i)
-                    cols["time"].append(s.time)
-                    cols["event"].append(ev)
-                    cols["query"].append(s.query)
-    arr = {k: np.asarray(v, dtype=np.int64) for k, v in cols.items()}
+    n = np.array([len(s.items) for s in sessions])
+    item = np.fromiter((i for s in sessions for i in s.items), np.int64, int(n.sum()))
+    clicked = np.fromiter((c for s in sessions for c in s.clicked), bool, int(n.sum()))
+    bought = np.fromiter((b for s in sessions for b in s.purchased), bool, int(n.sum()))
+    per_row = {k: np.repeat(np.array([getattr(s, k) for s in sessions], np.int64), n)
+               for k in ("user", "time", "query")}
+    parts = [(np.ones_like(clicked), EXPOSURE), (clicked, CLICK), (bought, PURCHASE)]
+    arr = {k: np.concatenate([v[m] for m, _ in parts]) for k, v in per_row.items()}
+    arr["item"] = np.concatenate([item[m] for m, _ in parts])
+    arr["event"] = np.concatenate([np.full(int(m.sum()), code, np.int64) for m, code in parts])
     order = np.lexsort((arr["item"], arr["event"], arr["time"]))
     return {k: v[order] for k, v in arr.items()}
 

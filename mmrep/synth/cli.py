@@ -13,7 +13,7 @@ from mmrep.config import deep_merge, from_dict, parse_override, read_yaml, set_d
 from mmrep.errors import MmrepError
 from mmrep.synth.config import PRESETS, SynthConfig
 from mmrep.synth.records import SPLITS
-from mmrep.synth.world import generate_world
+from mmrep.synth.world import check_out_dir, generate_world
 
 
 def resolve_config(size: str, config: str | None = None, overrides: list[str] = (), seed: int | None = None
@@ -38,7 +38,8 @@ def main(argv: list[str]) -> int:
     config, overrides, rest = split_config_args(argv)
     ap = argparse.ArgumentParser(prog="mmrep data synth", description=__doc__.strip().splitlines()[0],
                                  epilog="presets: " + ", ".join(f"{k} ({v['n_items']} items)" for k, v in PRESETS.items())
-                                 + ". Any WorldConfig field can be set with --world.key=value.")
+                                 + ". Also: --config FILE (a YAML with a `world:` section) and --world.key=value for any "
+                                 "WorldConfig field (e.g. --world.n_items=2000 --world.image_size=96).")
     ap.add_argument("--size", default="tiny", help="preset: tiny | small | medium | large (default tiny)")
     ap.add_argument("--out", required=True, help="output folder (must be empty or absent unless --overwrite)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (same seed -> identical files)")
@@ -48,6 +49,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quiet", action="store_true", help="print only the summary")
     args = ap.parse_args(rest)
     cfg = resolve_config(args.size, config, overrides, args.seed).world
+    check_out_dir(args.out, args.overwrite)  # fail before announcing anything
     t0 = time.perf_counter()
 
     def log(msg: str) -> None:

@@ -8,6 +8,7 @@ stronger rotation, lighting and colour cast, blur, sensor noise, lower JPEG qual
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
@@ -120,9 +121,17 @@ def _draw_part(draw: ImageDraw.ImageDraw, part: tuple, s: int, fill: int | tuple
         draw.line([(x * s, y * s) for x, y in part[1]], fill=fill, width=max(1, int(part[2] * s)))
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(s: int) -> tuple[np.ndarray, np.ndarray]:
+    """(s, s) float32 row and column coordinates (cached: every product layer needs them)."""
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
 def _pattern(kind: str, s: int, rng: np.random.Generator) -> np.ndarray:
     """(s, s) float mask in [0, 1]: where the pattern's second colour shows."""
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     period = s / rng.uniform(5, 9)
     if kind == "plain":
         return np.zeros((s, s), np.float32)
@@ -186,10 +195,10 @@ def product_layer(look: ItemLook, size: int, rng: np.random.Generator) -> Image.
     rgb = primary * (1 - pm) + second * pm
     material_look = MATERIAL_LOOK[MATERIALS[look.material]]
     if material_look == "grain":
-        rgb += rng.normal(0, 14, (s, s, 1)).astype(np.float32)
+        rgb += 14 * rng.standard_normal((s, s, 1), dtype=np.float32)
     elif material_look == "weave":
-        yy, xx = np.mgrid[0:s, 0:s]
-        rgb += (((xx // 2 + yy // 2) % 2) * 18 - 9).astype(np.float32)[..., None]
+        yy, xx = _grid(s)
+        rgb += (((xx // 2 + yy // 2) % 2) * 18 - 9)[..., None]
     elif material_look == "sheen":
         xx = np.arange(s, dtype=np.float32)[None, :] / s
         rgb *= (0.8 + 0.45 * np.exp(-((xx - rng.uniform(0.25, 0.45)) ** 2) / 0.01))[..., None]
@@ -217,11 +226,11 @@ def product_layer(look: ItemLook, size: int, rng: np.random.Generator) -> Image.
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
     """Gradient + noise + random clutter shapes: the product has to be found, not just read off."""
     # muted colours (half-way to a random grey), like studio and home backdrops
-    c1, c2 = (0.5 * rng.integers(0, 256, 3) + 0.5 * rng.integers(40, 230) for _ in range(2))
+    c1, c2 = (np.float32(0.5) * rng.integers(0, 256, 3).astype(np.float32) + np.float32(0.5 * rng.integers(40, 230))
+              for _ in range(2))
     t = np.linspace(0, 1, size, dtype=np.float32)
-    ramp = t[None, :] if rng.random() < 0.5 else t[:, None]
-    ramp = np.broadcast_to(ramp, (size, size))[..., None]
-    arr = c1 * (1 - ramp) + c2 * ramp + rng.normal(0, 8, (size, size, 1))
+    ramp = (t[None, :] if rng.random() < 0.5 else t[:, None])[..., None]
+    arr = c1 + (c2 - c1) * ramp + 8 * rng.standard_normal((size, size, 1), dtype=np.float32)
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(2, 6))):
@@ -266,7 +275,8 @@ def render_view(layer: Image.Image, size: int, rng: np.random.Generator, kind: s
     if photo:  # lighting, colour cast, blur, sensor noise
         arr = np.asarray(img, np.float32)
         arr = (arr - 128) * rng.uniform(0.75, 1.2) + 128 + rng.uniform(-25, 25)
-        arr = arr * rng.uniform(0.88, 1.12, 3) + rng.normal(0, rng.uniform(3, 10), arr.shape)
+        arr = (arr * rng.uniform(0.88, 1.12, 3).astype(np.float32)
+               + np.float32(rng.uniform(3, 10)) * rng.standard_normal(arr.shape, dtype=np.float32))
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
         if rng.random() < 0.5:
             img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.9)))

@@ -1,6 +1,6 @@
 """`generate_world(cfg, out_dir)`: the built-in product world, written as shard sets + CSV tables.
 
-Layout:
+Layout (documented in mmrep/synth/__init__.py):
     world.json, config.yaml, items/{train,val,test}/, triplets/{train,val,test}/, interactions.csv,
     pairs.csv, item_factors.csv (ground truth, analysis only), users.csv
 The output is a pure function of the config: the same seed gives byte-identical files.

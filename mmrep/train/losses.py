@@ -111,31 +111,29 @@ def info_nce(
     pool_mask: torch.Tensor | None = None,
     negatives: torch.Tensor | None = None,
     negative_mask: torch.Tensor | None = None,
-    use_pool: bool = True,
 ) -> torch.Tensor:
     """Per-sample InfoNCE loss (B,): -log softmax of each query's positive among its candidates.
 
     query (B, D); pool (C, D) shared candidates holding each query's positive at `positive_index` (B,);
     pool_mask (B, C) False where a pool row must not serve as that query's negative (false negatives:
-    the same item id, invalid rows); negatives (B, K, D) per-sample extra negatives with
-    negative_mask (B, K). `use_pool=False` keeps only the positive from the pool (no in-batch negatives).
+    the same item id, invalid rows; all False = no shared negatives; the positive is always kept);
+    negatives (B, K, D) per-sample extra negatives with negative_mask (B, K).
     """
-    b = query.shape[0]
-    rows = torch.arange(b, device=query.device)
-    positive = pool[positive_index]
-    logits = [(query * positive).sum(-1, keepdim=True)]
-    masks = [torch.ones(b, 1, dtype=torch.bool, device=query.device)]
-    if use_pool:
-        mask = torch.ones(b, pool.shape[0], dtype=torch.bool, device=query.device) if pool_mask is None else pool_mask.clone()
-        mask[rows, positive_index] = False  # the positive sits in column 0
-        logits.append(query @ pool.T)
-        masks.append(mask)
+    rows = torch.arange(query.shape[0], device=query.device)
+    logits = (query @ pool.T) * scale  # (B, C)
+    positive = logits[rows, positive_index]
+    if pool_mask is not None:
+        allowed = pool_mask.clone()
+        allowed[rows, positive_index] = True
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    # log-sum-exp over the pool, then merged with the per-sample negatives: no (B, C + K) copy
+    lse = torch.logsumexp(logits, dim=1)
     if negatives is not None and negatives.shape[1] > 0:
-        logits.append(torch.einsum("bd,bkd->bk", query, negatives))
-        masks.append(torch.ones(negatives.shape[:2], dtype=torch.bool, device=query.device) if negative_mask is None else negative_mask)
-    all_logits = torch.cat(logits, dim=1) * scale
-    all_logits = all_logits.masked_fill(~torch.cat(masks, dim=1), float("-inf"))
-    return F.cross_entropy(all_logits, torch.zeros(b, dtype=torch.long, device=query.device), reduction="none")
+        extra = torch.einsum("bd,bkd->bk", query, negatives) * scale
+        if negative_mask is not None:
+            extra = extra.masked_fill(~negative_mask, float("-inf"))
+        lse = torch.logsumexp(torch.cat([lse[:, None], extra], dim=1), dim=1)  # lse is finite: no NaN grads
+    return lse - positive
 
 
 def duplicate_mask(query_ids: torch.Tensor, pool_ids: torch.Tensor) -> torch.Tensor:

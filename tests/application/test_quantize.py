@@ -31,7 +31,7 @@ def test_codes_are_deterministic_for_a_seed():
     assert not np.array_equal(a.codebooks, c.codebooks)  # the seed is really used
 
 
-@pytest.mark.parametrize("method", ["kmeans", "faiss-rq"])
+@pytest.mark.parametrize("method", ["kmeans", "progressive", "faiss-rq"])
 def test_encode_only_reproduces_training_codes(tmp_path, method):
     x = clustered()
     cfg = q.QuantizeConfig(method=method, **CFG)

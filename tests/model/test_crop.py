@@ -94,3 +94,15 @@ def test_real_catalogue_photos_keep_most_foreground():
         assert 0 <= left < right <= img.width and 0 <= top < bottom <= img.height
         shrunk += (right - left) * (bottom - top) < 0.95 * img.width * img.height
     assert shrunk >= 5  # catalogue photos on plain backgrounds usually get a tighter box
+
+
+def test_collator_hooks_follow_the_model_config():
+    from mmrep.model.crop import collator_hooks
+    from model_helpers import tiny_config
+
+    raw = to_bytes(product_photo())
+    assert collator_hooks(tiny_config("tiny.yaml"), lambda b: b) == (None, None)
+    view, prep = collator_hooks(tiny_config("tiny.yaml", "--crop=view"), lambda b: Image.open(io.BytesIO(b)).size)
+    assert prep is None and view(raw)[0] < 120
+    view, prep = collator_hooks(tiny_config("tiny.yaml", "--crop=extra_image"), lambda b: b)
+    assert view is None and len(prep([raw])) == 2

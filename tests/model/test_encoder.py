@@ -91,7 +91,6 @@ def check_batch_independence(enc, size: int = 32, n_batch: int = 64) -> float:
     return worst
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ("--moe.mode=modality", "--moe.top_k=1"),
     ("--moe.mode=modality", "--moe.top_k=2"),

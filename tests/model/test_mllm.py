@@ -58,7 +58,6 @@ def test_qwen_patches_match_the_processor_layout():
     torch.testing.assert_close(flat, ref["pixel_values"].to(flat.dtype))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mode,k", [("modality", 1), ("modality", 2), ("guided", 1)])
 def test_item_alone_equals_item_in_batch_of_64(mode, k):
     enc = build(f"--moe.mode={mode}", f"--moe.top_k={k}").eval()

@@ -2,6 +2,7 @@ import hashlib
 import io
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from conftest import SMALL
 from mmrep import cli
 from mmrep.data.shards import read_manifest
 from mmrep.errors import MmrepError
+from mmrep.synth.catalog import CATALOG, COLOURS, MATERIALS, PATTERNS, STYLES
 from mmrep.synth.cli import main as synth_main, resolve_config
 from mmrep.synth.text import ATTRIBUTE_KEYS
 from mmrep.synth.records import WorldRecords
@@ -25,9 +27,10 @@ def _hashes(root):
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
     a = generate_world(WorldConfig(seed=3, **SMALL), tmp_path / "a")
-    generate_world(WorldConfig(seed=3, **SMALL), tmp_path / "b")
+    generate_world(WorldConfig(seed=3, **SMALL), tmp_path / "b", workers=2)  # worker processes: same bytes
     generate_world(WorldConfig(seed=4, **SMALL), tmp_path / "c")
     ha, hb, hc = (_hashes(tmp_path / x) for x in "abc")
     assert ha == hb
@@ -58,7 +61,7 @@ def test_triplets_positive_is_relevant_and_negatives_are_distinct(tiny_world):
     world, summary = tiny_world
     cfg = summary["config"]
     factors = pd.read_csv(world / "item_factors.csv", keep_default_na=False).set_index("item")
-    modes, same_cat = Counter(), []
+    modes, same_cat, overlap_wins = Counter(), [], []
     for s in SPLITS:
         catalogue = {p.id: p for p in read_products(world, s)}
         for t in read_triplets(world, s):
@@ -75,11 +78,19 @@ def test_triplets_positive_is_relevant_and_negatives_are_distinct(tiny_world):
                     assert (factors.loc[n, "colour"], factors.loc[n, "pattern"]) != (pos.colour, pos.pattern)
             mode = "text+image" if q.has_text and q.has_image else "text" if q.has_text else "image"
             modes[mode] += 1
+            if q.has_text:
+                words = set(q.text.split())
+                pos_overlap = len(words & set(t.positive.title.lower().split()))
+                for n in t.negatives:
+                    neg_overlap = len(words & set(n.title.lower().split()))
+                    overlap_wins.append(1.0 if pos_overlap > neg_overlap else 0.5 if pos_overlap == neg_overlap else 0.0)
             assert q.has_text or q.has_image
             if q.has_image:  # a user photo: a view the catalogue does not contain
                 assert q.images[0] not in t.positive.images
                 assert Image.open(io.BytesIO(q.images[0])).size == (cfg["image_size"],) * 2
     assert modes == summary["counts"]["queries"] and min(modes.values()) > 0
+    # query words point at the positive more than at the negatives, but not always (learnable, not trivial)
+    assert 0.6 < np.mean(overlap_wins) < 0.95, np.mean(overlap_wins)
     n_neg = sum(summary["counts"]["triplets"].values()) * cfg["n_negatives"]
     assert len(same_cat) / n_neg > 0.6  # mostly hard negatives
 
@@ -112,6 +123,24 @@ def test_configured_rates_change_the_output(tmp_path):
     assert abs(sum("brand" not in p.attributes for p in products) / len(products) - 0.6) < 0.1
     assert abs(sum(not p.images for p in products) / len(products) - 0.3) < 0.1
     assert all(p.description for p in products)
+    # no synonyms, no typos: every title names its category with the canonical noun, spelled right
+    nouns = {sub: ns[0] for _, subs in CATALOG for sub, ns, _ in subs}
+    assert all(nouns[p.category[1]] in p.title for p in products if p.title)
+
+
+def test_titles_use_synonyms_and_typos_at_default_rates(tiny_world):
+    world, _ = tiny_world
+    products = [p for s in SPLITS for p in read_products(world, s) if p.title]
+    nouns = {sub: ns[0] for _, subs in CATALOG for sub, ns, _ in subs}
+    without_canonical = sum(nouns[p.category[1]] not in p.title for p in products) / len(products)
+    assert 0.15 < without_canonical < 0.7
+    vocab = {w for _, subs in CATALOG for _, ns, _ in subs for n in ns for w in n.split()}
+    vocab |= {w for c in COLOURS for s in c[2] for w in s.split()} | {w for p in PATTERNS for s in p[1] for w in s.split()}
+    vocab |= {w for st in STYLES for w in st[1]} | set(MATERIALS) | {"by", "|", "-"}
+    words = [w.strip(",").lower() for p in products for w in p.title.split()]
+    brands = {p.attributes.get("brand", "").lower() for p in products}
+    unknown = [w for w in words if w not in vocab and w not in brands]
+    assert 0 < len(unknown) / len(words) < 0.08  # typos: present, but rare
 
 
 def test_records_round_trip_through_shards_and_regenerate_identically(tiny_world):
@@ -218,3 +247,21 @@ def test_config_errors_name_the_key(tmp_path):
     cfg_file.write_text("world:\n  n_items: 777\n  seed: 2\n")
     cfg = resolve_config("small", str(cfg_file), ["--world.n_users=9"]).world
     assert (cfg.n_items, cfg.seed, cfg.n_users, cfg.n_queries) == (777, 2, 9, 6000)
+
+
+def test_image_size_format_and_view_count_are_configurable(tmp_path):
+    cfg = WorldConfig(**SMALL | {"n_queries": 30}, image_size=32, image_format="png", views_per_item=[1, 1],
+                      missing_image_rate=0.0)
+    generate_world(cfg, tmp_path / "w")
+    products = read_products(tmp_path / "w", "train")
+    assert all(len(p.images) == 1 and p.image_exts == ["png"] for p in products)
+    img = Image.open(io.BytesIO(products[0].images[0]))
+    assert img.format == "PNG" and img.size == (32, 32)
+    queries = [t.query for s in SPLITS for t in read_triplets(tmp_path / "w", s) if t.query.has_image]
+    assert queries and all(Image.open(io.BytesIO(q.images[0])).size == (32, 32) for q in queries)
+
+
+def test_example_config_file_loads():
+    path = Path(__file__).parents[2] / "configs" / "data" / "world-example.yaml"
+    cfg = resolve_config("small", str(path), ["--world.n_negatives=3"]).world
+    assert cfg.n_items == 5000 and cfg.n_negatives == 3 and cfg.views_per_item == [2, 3]

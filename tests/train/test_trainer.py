@@ -60,9 +60,9 @@ def test_refuses_moe_with_zero3_and_existing_run(th, tiny_world, tmp_path):
         Trainer(th.config(tiny_world, tmp_path / "done"))
 
 
-def _encoder_close(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+def _encoder_close(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e-8) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.allclose(sa[k].float(), sb[k].float()) for k in sa)
+    return sa.keys() == sb.keys() and all(torch.allclose(sa[k].float(), sb[k].float(), atol=atol) for k in sa)
 
 
 @pytest.mark.slow
@@ -132,7 +132,7 @@ def test_accum_keep_negatives_equals_full_batch(th, tiny_world, tmp_path):
         "data.batch_size": 4, "optim.accum_steps": 2, "optim.accum_keep_negatives": True}))
     m_cached = cached.train_step(halves)
     assert m_cached["loss"] == pytest.approx(m_full["loss"], abs=1e-5)
-    assert _encoder_close(cached.engine.module, full.engine.module)
+    assert _encoder_close(cached.engine.module, full.engine.module, atol=1e-5)  # Adam's first step ~ lr*sign(g)
     plain = Trainer(th.config(tiny_world, tmp_path / "plain", **common, **{
         "data.batch_size": 4, "optim.accum_steps": 2}))
     m_plain = plain.train_step(halves)

@@ -1,0 +1,120 @@
+"""Two CPU ranks under the DeepSpeed launcher (ZeRO-2, gloo): the 2-rank loss equals the one-process
+loss on the same global batch, and a checkpoint saved at 2 ranks resumes at 2 ranks.
+
+This file is also the worker the launcher starts (`python test_distributed.py --worker ...`): each rank
+takes its half of fixed global batches and trains them through the real Trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GLOBAL_BATCH = 8
+STAGE = "posttrain"  # the richest objective: gathered in-batch negatives, queue, hard negatives, ω, filtering
+
+
+def global_batches(trainer, world: Path, n: int) -> list:
+    """n fixed global batches of GLOBAL_BATCH triplets (deterministic transforms)."""
+    from mmrep.data.readers import iter_triplets
+
+    triplets = list(iter_triplets(world / "triplets" / "train"))[: n * GLOBAL_BATCH]
+    collator = trainer.collator(train=False)
+    return [collator.triplets(triplets[i * GLOBAL_BATCH:(i + 1) * GLOBAL_BATCH]) for i in range(n)]
+
+
+def rank_slice(batch, rank: int, world_size: int):
+    """This rank's contiguous share of a global TripletBatch (rows keep their padding)."""
+    from mmrep.data.collate import TripletBatch
+
+    b = len(batch) // world_size
+    rows = slice(rank * b, (rank + 1) * b)
+    k = batch.negative_mask.shape[1]
+    neg_rows = slice(rank * b * k, (rank + 1) * b * k)
+    return TripletBatch(batch.ids[rows], batch.query.select(rows), batch.positive.select(rows),
+                        batch.negatives.select(neg_rows), batch.negative_mask[rows], batch.category[rows],
+                        batch.positive_ids[rows], batch.negative_ids[rows])
+
+
+def overrides(world: Path, out: Path, steps: int, world_size: int) -> list[str]:
+    from conftest import train_overrides
+
+    return train_overrides(world, out, STAGE, init_from="", **{
+        "data.batch_size": GLOBAL_BATCH // world_size, "optim.total_steps": steps, "optim.warmup_steps": 0,
+        "deepspeed.config": "configs/deepspeed/zero2.json", "checkpoint.keep_last": 3,
+        # the MoE load-balancing loss is per encoder call, i.e. per rank's micro-batch (as in any
+        # expert-parallel MoE): the one term that legitimately differs; every other term is global
+        "loss.aux_coef": 0.0})
+
+
+def worker(argv: list[str]) -> None:
+    """One rank: train steps [resumed step, --steps) on this rank's half of the fixed global batches."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import REPO
+    from mmrep.train.trainer import Trainer, load_config
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--world", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--local_rank", type=int, default=0)
+    args, _ = ap.parse_known_args(argv)
+    extra = ["--checkpoint.resume=latest"] if args.resume else []
+    cfg = load_config(str(REPO / "configs/train" / f"{STAGE}-tiny.yaml"),
+                      overrides(args.world, args.out, args.steps, 2) + extra)
+    trainer = Trainer(cfg, build_loader=False)
+    batches = [rank_slice(b, trainer.rank, trainer.world) for b in global_batches(trainer, args.world, args.steps)]
+    trainer.fit(batches[trainer.step:])
+
+
+def launch(th, world: Path, out: Path, steps: int, resume: bool = False) -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(th.repo / ".venv/bin/deepspeed"), "--num_gpus", "2", "--master_port", str(port), __file__,
+           "--worker", "--world", str(world), "--out", str(out), "--steps", str(steps)] + (["--resume"] if resume else [])
+    proc = subprocess.run(cmd, cwd=th.repo, env=th.env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ranks_zero2_match_one_process_and_resume(th, tiny_world, tmp_path):
+    from mmrep.train.trainer import Trainer, load_config
+
+    out = tmp_path / "two"
+    launch(th, tiny_world, out, steps=3)
+    state = json.loads((out / "checkpoints" / "global_step3" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == 3
+    assert {p.name for p in (out / "checkpoints" / "global_step3").glob("rank*_state.pt")} == \
+        {"rank0_state.pt", "rank1_state.pt"}
+    stdout = launch(th, tiny_world, out, steps=5, resume=True)  # 2 ranks resume the 2-rank checkpoint
+    assert "resumed from" in stdout and "at step 3" in stdout
+    two = losses(out)
+    assert sorted(two) == [1, 2, 3, 4, 5]
+
+    # the same five global batches in this process (one rank, ZeRO-2)
+    single = tmp_path / "one"
+    cfg = load_config(str(th.repo / "configs/train" / f"{STAGE}-tiny.yaml"), overrides(tiny_world, single, 5, 1))
+    trainer = Trainer(cfg, build_loader=False)
+    trainer.fit(global_batches(trainer, tiny_world, 5))
+    one = losses(single)
+    for step in range(1, 6):
+        assert two[step] == pytest.approx(one[step], abs=1e-5), (step, two, one)
+
+
+if __name__ == "__main__" and "--worker" in sys.argv:
+    worker(sys.argv[1:])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mmrep.errors import MmrepError
 from mmrep.synth.catalog import Items, Users, affinity, stream_rng
 
 EXPOSURE, CLICK, PURCHASE = 0, 1, 2
@@ -51,35 +52,69 @@ def click_prob(cfg, users: Users, items: Items, u: np.ndarray, i: np.ndarray, no
     return _sigmoid(logit)
 
 
-def _decide(cfg, users, items, rng, u: int, its: list[int]) -> tuple[list[bool], list[bool]]:
-    """Clicks and purchases for one exposure list."""
-    arr = np.asarray(its)
-    p = click_prob(cfg, users, items, np.full(len(arr), u), arr, rng.normal(size=len(arr)))
-    clicked = rng.random(len(arr)) < p
-    bought = clicked & (rng.random(len(arr)) < cfg.purchase_rate)
-    return clicked.tolist(), bought.tolist()
+def decide(cfg, users: Users, items: Items, rng: np.random.Generator, sessions: list[Session]) -> None:
+    """Fill every session's clicks and purchases from the click model (one vectorised draw)."""
+    n = np.array([len(s.items) for s in sessions])
+    if not n.sum():
+        return
+    u = np.repeat(np.array([s.user for s in sessions]), n)
+    i = np.fromiter((x for s in sessions for x in s.items), np.int64, int(n.sum()))
+    p = click_prob(cfg, users, items, u, i, rng.standard_normal(len(i)))
+    clicked = rng.random(len(i)) < p
+    bought = clicked & (rng.random(len(i)) < cfg.purchase_rate)
+    ends = np.cumsum(n)
+    for s, c, b in zip(sessions, np.split(clicked, ends[:-1]), np.split(bought, ends[:-1])):
+        s.clicked, s.purchased = c.tolist(), b.tolist()
 
 
-def browse_sessions(cfg, users: Users, items: Items) -> list[Session]:
-    """Each user browses subcategories they like; exposure follows popularity (long tail)."""
+def ctr_split_time(cfg) -> int:
+    """CTR train = events before this time; sessions are uniform over the horizon, so about
+    `ctr_test_frac` of them come after it."""
+    return int(round((1 - cfg.ctr_test_frac) * HORIZON_S))
+
+
+def launch_times(cfg, n_items: int) -> np.ndarray:
+    """(N,) time each item goes on sale: 0, or for a `new_item_rate` share a time inside the CTR test
+    period (cold items: no id can have been learned for them, only their content can score them)."""
+    rng = stream_rng(cfg.seed, "launch")
+    late = rng.random(n_items) < cfg.new_item_rate
+    start = ctr_split_time(cfg)
+    when = rng.uniform(start, start + 0.75 * cfg.ctr_test_frac * HORIZON_S, n_items)
+    return np.where(late, when, 0).astype(np.int64)
+
+
+def browse_sessions(cfg, users: Users, items: Items, launch: np.ndarray) -> list[Session]:
+    """Each user browses subcategories they like; exposure follows popularity (long tail) among the
+    items already launched."""
     rng = stream_rng(cfg.seed, "sessions")
-    n_sub = users.sub_pref.shape[1]
-    weights = np.exp(cfg.exposure_popularity * items.popularity)
-    by_sub = [np.flatnonzero(items.sub == s) for s in range(n_sub)]
-    cdfs = [np.cumsum(weights[ix]) / weights[ix].sum() if len(ix) else None for ix in by_sub]
+    n_users, n_sub = users.sub_pref.shape
     counts = rng.poisson(cfg.sessions_per_user * users.activity)
-    sessions = []
-    for u in range(len(users)):
-        pref = 0.85 * users.sub_pref[u] + 0.15 / n_sub
-        subs = rng.choice(n_sub, size=int(counts[u]), p=pref / pref.sum())
-        for s in subs:
-            ix = by_sub[s]
-            if not len(ix):
-                continue
-            draws = ix[np.searchsorted(cdfs[s], rng.random(2 * cfg.session_size), side="right").clip(0, len(ix) - 1)]
-            shown = list(dict.fromkeys(draws.tolist()))[: cfg.session_size]
-            clicked, bought = _decide(cfg, users, items, rng, u, shown)
-            sessions.append(Session(u, shown, clicked, bought))
+    sess_user = np.repeat(np.arange(n_users), counts)
+    sess_time = rng.integers(0, HORIZON_S, len(sess_user))
+    # each session's subcategory ~ the user's preference (+15% exploration): one searchsorted over
+    # the users' CDFs laid end to end
+    pref = 0.85 * users.sub_pref + 0.15 / n_sub
+    cdf = np.cumsum(pref / pref.sum(1, keepdims=True), 1)
+    cdf[:, -1] = 1.0
+    flat = (cdf + np.arange(n_users)[:, None]).ravel()
+    pos = np.searchsorted(flat, rng.random(len(sess_user)) + sess_user, side="right")
+    sess_sub = np.minimum(pos - sess_user * n_sub, n_sub - 1)
+    weights = np.exp(cfg.exposure_popularity * items.popularity)
+    shown: list[list[int] | None] = [None] * len(sess_user)
+    for s in range(n_sub):
+        ix = np.flatnonzero(items.sub == s)
+        rows = np.flatnonzero(sess_sub == s)
+        if not len(ix) or not len(rows):
+            continue
+        item_cdf = np.cumsum(weights[ix])
+        draws = np.searchsorted(item_cdf / item_cdf[-1], rng.random((len(rows), 2 * cfg.session_size)), side="right")
+        draws = ix[np.minimum(draws, len(ix) - 1)]
+        for r, row in zip(rows.tolist(), draws.tolist()):
+            t = sess_time[r]
+            shown[r] = list(dict.fromkeys(x for x in row if launch[x] <= t))[: cfg.session_size]
+    sessions = [Session(int(u), its, [], [], time=int(t))
+                for u, its, t in zip(sess_user.tolist(), shown, sess_time.tolist()) if its]
+    decide(cfg, users, items, rng, sessions)
     return sessions
 
 
@@ -99,7 +134,9 @@ def plan_queries(cfg, users: Users, items: Items) -> list[QueryPlan]:
         has = np.array([len(ix) > 0 for ix in by_sub])
         split_items = np.flatnonzero(in_split)
         if n and len(split_items) < cfg.n_negatives + 1:
-            continue  # not enough items in this split to form a query with its negatives
+            key = ("train_frac", "val_frac", "val_frac")[split]
+            raise MmrepError(f"world.{key}: split {('train', 'val', 'test')[split]} gets {len(split_items)} items, "
+                             f"fewer than n_negatives + 1 = {cfg.n_negatives + 1}; raise n_items or the split's share")
         for _ in range(n):
             u = int(rng.choice(len(users), p=user_p))
             pref = (0.85 * users.sub_pref[u] + 0.15 / n_sub) * has
@@ -129,40 +166,46 @@ def _negatives(cfg, rng, items: Items, pos: int, same_sub: np.ndarray, split_ite
     return negs
 
 
-def query_sessions(cfg, users: Users, items: Items, plans: list[QueryPlan]) -> list[Session]:
-    """The search result page of each query: the positive is clicked and bought, negatives only exposed."""
+def query_sessions(cfg, users: Users, items: Items, plans: list[QueryPlan], launch: np.ndarray) -> list[Session]:
+    """The search result page of each query: the positive is clicked and bought, negatives only exposed;
+    it happens after every shown item has launched."""
     rng = stream_rng(cfg.seed, "queries", 1)
-    out = []
-    for q in plans:
-        shown = [q.positive] + q.negatives
-        clicked, _ = _decide(cfg, users, items, rng, q.user, shown)
-        clicked[0] = True
-        q.session = Session(q.user, shown, clicked, [True] + [False] * len(q.negatives), query=q.index)
-        out.append(q.session)
+    when = rng.integers(0, HORIZON_S, len(plans))
+    out = [Session(q.user, [q.positive] + q.negatives, [], [], query=q.index,
+                   time=int(max(t, launch[[q.positive] + q.negatives].max()))) for q, t in zip(plans, when)]
+    decide(cfg, users, items, rng, out)
+    for q, s in zip(plans, out):
+        s.clicked[0] = True
+        s.purchased = [True] + [False] * len(q.negatives)
+        q.session = s
     return out
 
 
-def coverage_sessions(cfg, users: Users, items: Items, sessions: list[Session]) -> list[Session]:
+def coverage_sessions(cfg, users: Users, items: Items, sessions: list[Session], launch: np.ndarray
+                      ) -> list[Session]:
     """One single-item exposure for every item nobody saw, so the log covers the whole catalogue."""
     rng = stream_rng(cfg.seed, "sessions", 1)
     seen = np.zeros(len(items), bool)
     for s in sessions:
         seen[s.items] = True
-    user_p = users.activity / users.activity.sum()
-    out = []
-    for i in np.flatnonzero(~seen):
-        u = int(rng.choice(len(users), p=user_p))
-        clicked, bought = _decide(cfg, users, items, rng, u, [int(i)])
-        out.append(Session(u, [int(i)], clicked, bought))
+    unseen = np.flatnonzero(~seen)
+    who = rng.choice(len(users), size=len(unseen), p=users.activity / users.activity.sum())
+    when = launch[unseen] + rng.random(len(unseen)) * (HORIZON_S - launch[unseen])
+    out = [Session(int(u), [int(i)], [], [], time=int(t)) for u, i, t in zip(who, unseen, when)]
+    decide(cfg, users, items, rng, out)
     return out
 
 
-def assign_times(cfg, sessions: list[Session]) -> None:
-    """A distinct integer time (seconds) per session, uniform over the horizon."""
-    rng = stream_rng(cfg.seed, "sessions", 2)
-    times = rng.choice(max(HORIZON_S, 2 * len(sessions)), size=len(sessions), replace=False)
-    for s, t in zip(sessions, times):
-        s.time = int(t)
+def unique_times(sessions: list[Session]) -> None:
+    """Make session times distinct, moving a tied session a second later (never earlier: a session
+    stays after its items' launch), so that (user, item, time) identifies an exposure."""
+    t = np.array([s.time for s in sessions], np.int64)
+    order = np.argsort(t, kind="stable")
+    steps = np.arange(len(t))
+    new = np.empty_like(t)
+    new[order] = np.maximum.accumulate(t[order] - steps) + steps
+    for s, x in zip(sessions, new.tolist()):
+        s.time = x
 
 
 def event_table(sessions: list[Session]) -> dict[str, np.ndarray]:

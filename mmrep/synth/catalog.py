@@ -77,7 +77,7 @@ _SYLLABLES = ["ka", "lo", "vi", "ra", "ne", "to", "mi", "sa", "zu", "be", "do", 
               "el", "on", "is", "um"]
 
 STREAMS = {name: k for k, name in enumerate(
-    ["brands", "items", "split", "users", "layer", "view", "text", "sessions", "queries", "qphoto", "qtext", "missing"])}
+    ["brands", "items", "split", "users", "layer", "view", "text", "sessions", "queries", "qphoto", "qtext", "missing", "launch"])}
 
 
 def stream_rng(seed: int, stream: str, index: int = 0) -> np.random.Generator:

@@ -54,7 +54,8 @@ class WorldConfig:
     click_noise: float = 0.5
     purchase_rate: float = 0.1
     copurchase_window_days: int = 7
-    ctr_test_frac: float = 0.2  # the latest share of sessions forms the CTR test period
+    ctr_test_frac: float = 0.2  # the last share of the 90-day log forms the CTR test period
+    new_item_rate: float = 0.1  # items launched during the CTR test period (cold for id features)
     shard_size: int = 1000
 
     def __post_init__(self) -> None:
@@ -72,7 +73,7 @@ class WorldConfig:
         for key in ("typo_rate", "synonym_rate", "word_order_rate", "title_drop_rate", "missing_title_rate",
                     "missing_description_rate", "missing_attribute_rate", "missing_image_rate", "occlusion_rate",
                     "text_query_rate", "image_query_rate", "hard_negative_rate", "purchase_rate", "train_frac",
-                    "val_frac", "ctr_test_frac"):
+                    "val_frac", "ctr_test_frac", "new_item_rate"):
             need(0.0 <= getattr(self, key) <= 1.0, key, "must be a rate in [0, 1]")
         need(self.text_query_rate + self.image_query_rate <= 1.0, "image_query_rate",
              "text_query_rate + image_query_rate must be at most 1")

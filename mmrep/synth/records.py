@@ -50,15 +50,18 @@ class WorldRecords:
                         mark_colour=int(self.brands.mark_colour[b]))
 
     def layer(self, i: int):
+        """Item i drawn alone (RGBA, 2x image_size): every view of the item starts from it."""
         return product_layer(self.look(i), self.cfg.image_size, stream_rng(self.cfg.seed, "layer", i))
 
     def factors(self, i: int) -> dict:
+        """Item i's factor values by name, as the text templates need them."""
         it = self.items
         return {"colour": int(it.colour[i]), "pattern": int(it.pattern[i]), "material": int(it.material[i]),
                 "style": int(it.style[i]), "tier": int(it.tier[i]), "price": float(it.price[i]),
                 "brand_name": self.brands.names[int(it.brand[i])], "has_image": bool(self.has_image[i])}
 
     def product(self, i: int) -> Product:
+        """Item i's catalogue record: title/description/attributes with noise, catalogue views, labels."""
         cfg, it = self.cfg, self.items
         top, sub, nouns, _ = self.subs[it.sub[i]]
         text = product_text(stream_rng(cfg.seed, "text", i), self.factors(i), nouns, cfg)
@@ -76,6 +79,7 @@ class WorldRecords:
                        image_exts=[cfg.image_format] * len(images), labels=labels, split=SPLITS[it.split[i]])
 
     def query(self, q: bh.QueryPlan) -> Query:
+        """The shopper's query for plan q: typed words and/or a user photo of the positive item."""
         cfg = self.cfg
         top, sub, nouns, _ = self.subs[self.items.sub[q.positive]]
         text, images = "", []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +24,7 @@ from mmrep.fsutil import atomic_dir, atomic_write
 from mmrep.records import Product, Triplet, sample_key
 from mmrep.synth import behaviour as bh
 from mmrep.synth.catalog import COLOURS, MARK_SHAPES, MATERIALS, PATTERNS, STYLES, TIERS
-from mmrep.synth.config import PRESETS, SynthConfig, WorldConfig  # noqa: F401  (re-exported)
+from mmrep.synth.config import SynthConfig, WorldConfig
 from mmrep.synth.records import SPLITS, RecordBuilder, WorldRecords
 from mmrep.synth.text import ATTRIBUTE_KEYS
 
@@ -53,6 +54,32 @@ def check_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
     return out
 
 
+@dataclass
+class Behaviour:
+    """The simulated log: query plans, all sessions, their event rows, item pairs, the CTR split time."""
+
+    plans: list[bh.QueryPlan]
+    sessions: list[bh.Session]
+    events: dict[str, np.ndarray]
+    pairs: list[tuple[int, int, str]]
+    split_time: int
+    launch: np.ndarray  # (N,) item launch times
+
+
+def simulate(cfg: WorldConfig, w: WorldRecords) -> Behaviour:
+    """Browse sessions, search queries, coverage exposures -> timed event rows and item pairs."""
+    launch = bh.launch_times(cfg, cfg.n_items)
+    browse = bh.browse_sessions(cfg, w.users, w.items, launch)
+    plans = bh.plan_queries(cfg, w.users, w.items)
+    searches = bh.query_sessions(cfg, w.users, w.items, plans, launch)
+    cover = bh.coverage_sessions(cfg, w.users, w.items, browse + searches, launch)
+    sessions = browse + searches + cover
+    bh.unique_times(sessions)
+    split_time = bh.ctr_split_time(cfg)
+    return Behaviour(plans, sessions, bh.event_table(sessions), bh.item_pairs(cfg, w.items, sessions), split_time,
+                     launch)
+
+
 def generate_world(cfg: WorldConfig, out_dir: str | Path, overwrite: bool = False,
                    log: Callable[[str], None] | None = None, workers: int = 0) -> dict:
     """Generate the world into `out_dir` (built under a temp name, renamed when complete); returns the
@@ -60,29 +87,17 @@ def generate_world(cfg: WorldConfig, out_dir: str | Path, overwrite: bool = Fals
     out = check_out_dir(out_dir, overwrite)
     say = log or (lambda msg: None)
     w = WorldRecords(cfg)
-    items, users = w.items, w.users
-
     say("behaviour log")
-    browse = bh.browse_sessions(cfg, users, items)
-    plans = bh.plan_queries(cfg, users, items)
-    searches = bh.query_sessions(cfg, users, items, plans)
-    cover = bh.coverage_sessions(cfg, users, items, browse + searches)
-    sessions = browse + searches + cover
-    bh.assign_times(cfg, sessions)
-    events = bh.event_table(sessions)
-    pairs = bh.item_pairs(cfg, items, sessions)
-    times = np.sort(np.array([s.time for s in sessions]))
-    split_time = int(times[min(len(times) - 1, int(len(times) * (1 - cfg.ctr_test_frac)))])
-
+    b = simulate(cfg, w)
     counts: dict = {"items": {}, "triplets": {}, "images": 0, "query_images": 0}
     missing = {"title": 0, "description": 0, "images": 0, **{f"attributes.{k}": 0 for k in ATTRIBUTE_KEYS}}
-    needed = {q.positive for q in plans} | {n for q in plans for n in q.negatives}
+    needed = {q.positive for q in b.plans} | {n for q in b.plans for n in q.negatives}
     with RecordBuilder(w, workers) as builder, atomic_dir(out) as tmp:
-        kept: dict[int, Product] = {}
+        kept: dict[int, Product] = {}  # the items triplets carry inline
         for s, split in enumerate(SPLITS):
             say(f"items/{split}")
             with ShardWriter(tmp / "items" / split, split, cfg.shard_size, kind="products", mtime=0) as sw:
-                idx = np.flatnonzero(items.split == s).tolist()
+                idx = np.flatnonzero(w.items.split == s).tolist()
                 for i, p in zip(idx, builder.products(idx)):
                     sw.write({"__key__": sample_key(p.id), **p.to_sample()})
                     counts["images"] += len(p.images)
@@ -97,56 +112,67 @@ def generate_world(cfg: WorldConfig, out_dir: str | Path, overwrite: bool = Fals
         for s, split in enumerate(SPLITS):
             say(f"triplets/{split}")
             with ShardWriter(tmp / "triplets" / split, split, cfg.shard_size, kind="triplets", mtime=0) as sw:
-                split_plans = [q for q in plans if q.split == s]
-                for q, query in zip(split_plans, builder.queries(split_plans)):
+                plans = [q for q in b.plans if q.split == s]
+                for q, query in zip(plans, builder.queries(plans)):
                     counts["query_images"] += len(query.images)
-                    t = Triplet(f"t{q.index:06d}", query, kept[q.positive], [kept[n] for n in q.negatives])
-                    sw.write(t.to_sample())
+                    sw.write(Triplet(f"t{q.index:06d}", query, kept[q.positive], [kept[n] for n in q.negatives])
+                             .to_sample())
             counts["triplets"][split] = sw.count
-
         say("tables")
-        qids = {q.index: f"q{q.index:06d}" for q in plans}
-        _write(tmp / "interactions.csv", _csv_bytes(["user", "item", "time", "event", "query"], (
-            (w.user_ids[u], w.item_ids[i], t, EVENT_NAMES[e], qids.get(q, ""))
-            for u, i, t, e, q in zip(events["user"].tolist(), events["item"].tolist(), events["time"].tolist(),
-                                     events["event"].tolist(), events["query"].tolist()))))
-        _write(tmp / "pairs.csv", _csv_bytes(["item_a", "item_b", "kind"],
-                                             ((w.item_ids[a], w.item_ids[b], k) for a, b, k in pairs)))
-        _write(tmp / "item_factors.csv", _csv_bytes(
-            ["item", "split", "top_category", "category", "colour", "pattern", "pattern_colour", "brand", "material",
-             "style", "price_tier", "price", "popularity"],
-            ((w.item_ids[i], SPLITS[items.split[i]], w.subs[items.sub[i]][0], w.subs[items.sub[i]][1],
-              COLOURS[items.colour[i]][0], PATTERNS[items.pattern[i]][0], COLOURS[items.pattern_colour[i]][0],
-              w.brands.names[items.brand[i]], MATERIALS[items.material[i]], STYLES[items.style[i]][0],
-              TIERS[items.tier[i]], f"{items.price[i]:.2f}", f"{items.popularity[i]:.4f}")
-             for i in range(len(items)))))
-        _write(tmp / "users.csv", _csv_bytes(["user", "favourite_categories", "favourite_colours",
-                                              "favourite_brands", "price_tier", "taste"],
-                                             (_user_row(w, u) for u in range(len(users)))))
-        n_ev = np.bincount(events["event"], minlength=3)
-        train_rows = events["time"] < split_time
-        modes = [q.mode for q in plans]
-        counts.update({
-            "users": cfg.n_users, "queries": {m: modes.count(m) for m in ("text", "image", "text+image")},
-            "sessions": len(sessions), "interactions": {EVENT_NAMES[k]: int(n_ev[k]) for k in range(3)},
-            "ctr_exposures": {"train": int(((events["event"] == 0) & train_rows).sum()),
-                              "test": int(((events["event"] == 0) & ~train_rows).sum())},
-            "pairs": {k: sum(p[2] == k for p in pairs) for k in ("co-click", "co-purchase")},
-        })
-        summary = {
-            "format": FORMAT, "config": to_dict(cfg), "counts": counts,
-            "missing_rates": {k: round(v / cfg.n_items, 4) for k, v in missing.items()},
-            "ctr_split_time": split_time,
-            "ctr_split_rule": "CTR train = rows with time < ctr_split_time; test = the rest",
-            "label_rule": "an exposure is clicked iff a click row with the same (user, item, time) exists",
-            "vocabulary": {"categories": [[t, s] for t, s, _, _ in w.subs],
-                           "colours": [c[0] for c in COLOURS], "patterns": [p[0] for p in PATTERNS],
-                           "materials": MATERIALS, "styles": [s[0] for s in STYLES], "price_tiers": TIERS,
-                           "brands": w.brands.names, "brand_marks": [MARK_SHAPES[m] for m in w.brands.mark]},
-        }
+        _write_tables(tmp, w, b)
+        summary = _summary(cfg, w, b, counts, missing)
         _write(tmp / "world.json", (json.dumps(summary, indent=1) + "\n").encode())
         save_resolved(SynthConfig(world=cfg), tmp)
     return summary
+
+
+def _write_tables(out: Path, w: WorldRecords, b: Behaviour) -> None:
+    ev, items = b.events, w.items
+    qids = {q.index: f"q{q.index:06d}" for q in b.plans}
+    _write(out / "interactions.csv", _csv_bytes(["user", "item", "time", "event", "query"], (
+        (w.user_ids[u], w.item_ids[i], t, EVENT_NAMES[e], qids.get(q, ""))
+        for u, i, t, e, q in zip(ev["user"].tolist(), ev["item"].tolist(), ev["time"].tolist(),
+                                 ev["event"].tolist(), ev["query"].tolist()))))
+    _write(out / "pairs.csv", _csv_bytes(["item_a", "item_b", "kind"],
+                                         ((w.item_ids[a], w.item_ids[c], k) for a, c, k in b.pairs)))
+    _write(out / "item_factors.csv", _csv_bytes(
+        ["item", "split", "top_category", "category", "colour", "pattern", "pattern_colour", "brand", "material",
+         "style", "price_tier", "price", "popularity", "launch_time"],
+        ((w.item_ids[i], SPLITS[items.split[i]], w.subs[items.sub[i]][0], w.subs[items.sub[i]][1],
+          COLOURS[items.colour[i]][0], PATTERNS[items.pattern[i]][0], COLOURS[items.pattern_colour[i]][0],
+          w.brands.names[items.brand[i]], MATERIALS[items.material[i]], STYLES[items.style[i]][0],
+          TIERS[items.tier[i]], f"{items.price[i]:.2f}", f"{items.popularity[i]:.4f}", int(b.launch[i]))
+         for i in range(len(items)))))
+    _write(out / "users.csv", _csv_bytes(["user", "favourite_categories", "favourite_colours", "favourite_brands",
+                                          "price_tier", "taste"], (_user_row(w, u) for u in range(len(w.users)))))
+
+
+def _summary(cfg: WorldConfig, w: WorldRecords, b: Behaviour, counts: dict, missing: dict) -> dict:
+    ev = b.events
+    n_ev = np.bincount(ev["event"], minlength=3)
+    exposure = ev["event"] == 0
+    train_rows = ev["time"] < b.split_time
+    modes = [q.mode for q in b.plans]
+    counts = counts | {
+        "users": cfg.n_users, "queries": {m: modes.count(m) for m in ("text", "image", "text+image")},
+        "sessions": len(b.sessions), "interactions": {EVENT_NAMES[k]: int(n_ev[k]) for k in range(3)},
+        "ctr_exposures": {"train": int((exposure & train_rows).sum()), "test": int((exposure & ~train_rows).sum())},
+        "pairs": {k: sum(p[2] == k for p in b.pairs) for k in ("co-click", "co-purchase")},
+        "items_launched_in_ctr_test": int((b.launch >= b.split_time).sum()),
+    }
+    return {
+        "format": FORMAT, "config": to_dict(cfg), "counts": counts,
+        "missing_rates": {k: round(v / cfg.n_items, 4) for k, v in missing.items()},
+        "ctr_split_time": b.split_time,
+        "ctr_split_rule": "CTR train = rows with time < ctr_split_time; test = the rest",
+        "label_rule": "an exposure is clicked iff a click row with the same (user, item, time) exists",
+        "vocabulary": {"categories": [[t, s] for t, s, _, _ in w.subs],
+                       "colours": [c[0] for c in COLOURS], "patterns": [p[0] for p in PATTERNS],
+                       "materials": MATERIALS, "styles": [s[0] for s in STYLES], "price_tiers": TIERS,
+                       "brands": w.brands.names,
+                       "brand_marks": [f"{COLOURS[c][0]} {MARK_SHAPES[m]}"
+                                       for m, c in zip(w.brands.mark, w.brands.mark_colour)]},
+    }
 
 
 def _user_row(w: WorldRecords, u: int) -> tuple:

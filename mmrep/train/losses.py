@@ -120,7 +120,8 @@ def info_nce(
     negatives (B, K, D) per-sample extra negatives with negative_mask (B, K).
     """
     rows = torch.arange(query.shape[0], device=query.device)
-    logits = (query @ pool.T) * scale  # (B, C)
+    query = query * scale  # scaling the (B, D) side is cheaper than the (B, C) logits
+    logits = query @ pool.T  # (B, C)
     positive = logits[rows, positive_index]
     if pool_mask is not None:
         allowed = pool_mask.clone()
@@ -129,7 +130,7 @@ def info_nce(
     # log-sum-exp over the pool, then merged with the per-sample negatives: no (B, C + K) copy
     lse = torch.logsumexp(logits, dim=1)
     if negatives is not None and negatives.shape[1] > 0:
-        extra = torch.einsum("bd,bkd->bk", query, negatives) * scale
+        extra = torch.einsum("bd,bkd->bk", query, negatives)
         if negative_mask is not None:
             extra = extra.masked_fill(~negative_mask, float("-inf"))
         lse = torch.logsumexp(torch.cat([lse[:, None], extra], dim=1), dim=1)  # lse is finite: no NaN grads

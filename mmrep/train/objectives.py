@@ -260,15 +260,19 @@ class Objective(nn.Module):
     def features(self, encoder: nn.Module, batch) -> Features:
         raise NotImplementedError
 
-    def core_loss(self, feats: Features, step: int, total_steps: int, full: Features) -> tuple[torch.Tensor, dict[str, float]]:
-        """Contrastive terms on (possibly truncated) `feats`; `full` is the full-dim features."""
+    def prepare(self, feats: Features, step: int, total_steps: int) -> tuple[dict, dict[str, float]]:
+        """Work shared by every Matryoshka dim, done once on the full-dim features: (context, metrics)."""
+        return {}, {}
+
+    def core_loss(self, feats: Features, ctx: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The contrastive terms on (possibly truncated) `feats`: (scalar, metrics)."""
         raise NotImplementedError
 
     def loss(self, feats: Features, step: int = 0, total_steps: int = 1) -> LossOutput:
+        ctx, metrics = self.prepare(feats, step, total_steps)
         total: torch.Tensor | float = 0.0
-        metrics: dict[str, float] = {}
         for dim, w in zip(self.dims, self.dim_weights):
-            value, m = self.core_loss(feats.truncate(dim), step, total_steps, feats)
+            value, m = self.core_loss(feats.truncate(dim), ctx)
             total = total + w * value
             if len(self.dims) > 1:
                 metrics[f"loss/dim_{dim}"] = float(value.detach())
@@ -329,7 +333,7 @@ class PretrainObjective(Objective):
             tensors["valid/view"] = present & view_present
         return enc.features(tensors)
 
-    def core_loss(self, f, step, total_steps, full):
+    def core_loss(self, f, ctx):
         intra = self._pair_loss(f["emb/image"], f["emb/text"], f["valid/intra"], f["ids/item"])
         total = intra
         metrics = {"loss/intra": float(intra.detach())}
@@ -415,72 +419,88 @@ class PosttrainObjective(Objective):
         total = sum(self.cfg.fixed_weights[v] for v in self.cfg.views) or 1.0
         return {v: self.cfg.fixed_weights[v] / total for v in self.cfg.views}, False
 
-    def core_loss(self, f, step, total_steps, full):
+    def prepare(self, f: Features, step: int, total_steps: int) -> tuple[dict, dict[str, float]]:
+        """Once per step at full dim: the gathered candidate pool (with grad) and its (B, C) mask, the
+        hard-negative indices, the filtering weights per view and the view weights ω."""
         cfg = self.cfg
         rank, _ = world()
-        scale = self.logit_scale()
         pos, pos_ids, neg, neg_mask = f["emb/pos"], f["ids/pos"], f["emb/neg"], f["valid/neg"]
         b, k = neg_mask.shape
-        # the shared candidate pool: every rank's positives (+ their triplet negatives)
-        pool, pool_ids = self._gather(pos), self._gather(pos_ids, grad=False)
         dev = pos.device
-        pool_valid = torch.ones(pool.shape[0], dtype=torch.bool, device=dev)
-        offset = rank * b if cfg.gather else 0
-        index = torch.arange(b, device=dev) + offset
+        # the shared pool: every rank's positives (+ their triplet negatives) (+ the queue)
+        all_pos, all_ids = self._gather(pos), self._gather(pos_ids, grad=False)
+        pool, pool_ids = [all_pos], [all_ids]
+        pool_valid = [torch.ones(all_pos.shape[0], dtype=torch.bool, device=dev)]
         if cfg.in_batch and k:
             k_all = _global_max(k, dev) if cfg.gather else k
-            pool = torch.cat([pool, self._gather(_pad_to(neg, (k_all, neg.shape[2]))).flatten(0, 1)])
-            pool_ids = torch.cat([pool_ids, self._gather(_pad_to(f["ids/neg"], (k_all,)), grad=False).flatten()])
-            pool_valid = torch.cat([pool_valid, self._gather(_pad_to(neg_mask, (k_all,)), grad=False).flatten()])
-        pool_mask = pool_valid[None, :] & (pool_ids[None, :] != pos_ids[:, None])
+            pool.append(self._gather(_pad_to(neg, (k_all, neg.shape[2]))).flatten(0, 1))
+            pool_ids.append(self._gather(_pad_to(f["ids/neg"], (k_all,)), grad=False).flatten())
+            pool_valid.append(self._gather(_pad_to(neg_mask, (k_all,)), grad=False).flatten())
+        pool_valid_t = torch.cat(pool_valid)
+        mask = pool_valid_t[None, :] & (torch.cat(pool_ids)[None, :] != pos_ids[:, None])
         if not cfg.in_batch:
-            pool_mask = torch.zeros_like(pool_mask)
+            mask = torch.zeros_like(mask)
+        masks = [mask]
         if self.queue is not None and len(self.queue):
             q_emb, q_mask = self.queue.candidates(pos_ids)
-            pool = torch.cat([pool, truncate(q_emb, pos.shape[1])])
-            pool_mask = torch.cat([pool_mask, q_mask], dim=1)
+            pool.append(q_emb)
+            masks.append(q_mask)
+        ctx: dict = {"pool": torch.cat(pool), "pool_mask": torch.cat(masks, dim=1),
+                     "index": torch.arange(b, device=dev) + (rank * b if cfg.gather else 0)}
         # per-sample negatives: own triplet negatives when they are not in the pool already
-        own = [neg] if (k and not cfg.in_batch) else []
-        own_mask = [neg_mask] if own else []
+        extra, extra_mask = ([neg], [neg_mask]) if (k and not cfg.in_batch) else ([], [])
         if cfg.hard_negatives:
-            all_pos, all_ids = self._gather(pos), self._gather(pos_ids, grad=False)
-            all_cat = self._gather(f["category"], grad=False)
             # mined by similarity to the query's positive item: valid for every query view (a view's
             # own embedding is absent when the query lacks that modality) and hard for all of them
+            all_cat = self._gather(f["category"], grad=False)
             idx, hmask = mine_hard_negatives(pos.detach(), all_pos.detach(), f["category"], all_cat, pos_ids, all_ids, cfg.hard_k)
-            own.append(all_pos[idx])
-            own_mask.append(hmask)
-        extra = torch.cat(own, dim=1) if own else None
-        extra_mask = torch.cat(own_mask, dim=1) if own else None
-
+            extra.append(all_pos[idx])
+            extra_mask.append(hmask)
+        ctx["extra"] = torch.cat(extra, dim=1) if extra else None
+        ctx["extra_mask"] = torch.cat(extra_mask, dim=1) if extra else None
         weights, from_moe = self.view_weights(f)
+        ctx["omega"] = weights
         metrics: dict[str, float] = {"omega/from_moe": float(from_moe)}
-        inter = pos.new_zeros(())
-        phis, ws, valids = [], [], []
-        for v in cfg.views:
-            q, valid = f[f"emb/q_{v}"], f[f"valid/q_{v}"]
-            per = info_nce(q, pool, index, scale, pool_mask, extra, extra_mask)
-            if self.filter is not None and k:
-                fq, fp = full[f"emb/q_{v}"], full["emb/pos"]  # φ is judged at full dimension
-                s_qn, has = hardest_negative(fq, full["emb/neg"], neg_mask)
-                phi, w = self.filter.weights((fq * fp).sum(-1), s_qn, has & valid, step, total_steps)
-                per = per * w
+        metrics.update({f"omega/{v}": float(w) for v, w in weights.items()})
+        # dynamic filtering: φ from full-dim cosines to the positive and the hardest own negative
+        ctx["sample_weight"] = {}
+        if self.filter is not None and k:
+            phis, ws, valids = [], [], []
+            for v in cfg.views:
+                q, valid = f[f"emb/q_{v}"], f[f"valid/q_{v}"]
+                s_qn, has = hardest_negative(q, neg, neg_mask)
+                phi, w = self.filter.weights((q * pos).sum(-1), s_qn, has & valid, step, total_steps)
+                ctx["sample_weight"][v] = w
                 phis.append(phi), ws.append(w), valids.append(valid & has)
-            term = global_mean(per, valid)
-            inter = inter + weights[v] * term
-            metrics[f"loss/inter_{v}"] = float(term.detach())
-            metrics[f"omega/{v}"] = float(weights[v])
-        total = inter
-        metrics["loss/inter"] = float(inter.detach())
-        if phis:
-            metrics.update({f"filter/{k_}": v_ for k_, v_ in filter_stats(torch.cat(phis), torch.cat(ws), torch.cat(valids)).items()})
+            stats = filter_stats(torch.cat(phis), torch.cat(ws), torch.cat(valids))
+            metrics.update({f"filter/{name}": value for name, value in stats.items()})
             metrics["filter/margin"] = self.filter.margin(step, total_steps)
-        if cfg.intra:
-            intra = self._pair_loss(f["emb/pos_image"], f["emb/pos_text"], f["valid/intra"], pos_ids)
-            total = total + cfg.intra_weight * intra
-            metrics["loss/intra"] = float(intra.detach())
         if self.queue is not None:
             metrics["queue/size"] = float(len(self.queue))
+        return ctx, metrics
+
+    def core_loss(self, f, ctx):
+        cfg = self.cfg
+        dim = f["emb/pos"].shape[1]
+        scale = self.logit_scale()
+        pool = truncate(ctx["pool"], dim)
+        extra = None if ctx["extra"] is None else truncate(ctx["extra"], dim)
+        metrics: dict[str, float] = {}
+        inter = f["emb/pos"].new_zeros(())
+        for v in cfg.views:
+            q, valid = f[f"emb/q_{v}"], f[f"valid/q_{v}"]
+            per = info_nce(q, pool, ctx["index"], scale, ctx["pool_mask"], extra, ctx["extra_mask"])
+            if v in ctx["sample_weight"]:
+                per = per * ctx["sample_weight"][v]
+            term = global_mean(per, valid)
+            inter = inter + ctx["omega"][v] * term
+            metrics[f"loss/inter_{v}"] = float(term.detach())
+        total = inter
+        metrics["loss/inter"] = float(inter.detach())
+        if cfg.intra:
+            intra = self._pair_loss(f["emb/pos_image"], f["emb/pos_text"], f["valid/intra"], f["ids/pos"])
+            total = total + cfg.intra_weight * intra
+            metrics["loss/intra"] = float(intra.detach())
         return total, metrics
 
     @torch.no_grad()
@@ -524,7 +544,7 @@ class ItemAlignObjective(Objective):
         return enc.features({"emb/a": a, "emb/b": b, "valid/pair": va & vb,
                              "ids/a": id_hash(batch.ids_a), "ids/b": id_hash(batch.ids_b)})
 
-    def core_loss(self, f, step, total_steps, full):
+    def core_loss(self, f, ctx):
         value = self._pair_loss(f["emb/a"], f["emb/b"], f["valid/pair"], f["ids/a"], f["ids/b"])
         return value, {"loss/align": float(value.detach())}
 

@@ -298,6 +298,18 @@ class TrainModule(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.objective = objective
+        self.grad_fence = False  # set by the Trainer under ZeRO-2/3 with several ranks (see `_fence`)
+
+    def _fence(self) -> torch.Tensor:
+        """A zero-valued term touching every trainable parameter, built before the forward pass.
+
+        ZeRO-2 reduces each gradient when it becomes ready, pairing them across ranks by arrival order.
+        The post-train objective skips encoder calls for query views a rank's micro-batch lacks, so the
+        autograd graphs (and arrival orders) differ between ranks and gradients get mixed up. Autograd
+        runs the oldest nodes last, so this branch delivers every parameter's final gradient
+        contribution last, in the same (reverse parameter) order on every rank."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.stack([p.reshape(-1)[0] for p in params]).sum() * 0.0
 
     def forward(self, batch: Any, mode: str = "loss", step: int = 0, total_steps: int = 1,
                 cache: list | None = None, index: int = 0):
@@ -305,6 +317,7 @@ class TrainModule(nn.Module):
         `cache` with entry `index` replaced by this batch's live (with-grad) features."""
         from mmrep.train.objectives import concat_features
 
+        fence = self._fence() if self.grad_fence and mode != "features" and torch.is_grad_enabled() else None
         feats = self.objective.features(self.encoder, batch)
         if mode == "features":
             return feats
@@ -313,7 +326,10 @@ class TrainModule(nn.Module):
             parts = list(cache)
             parts[index] = feats
             full = concat_features(parts)
-        return self.objective.loss(full, step, total_steps), feats
+        out = self.objective.loss(full, step, total_steps)
+        if fence is not None:
+            out = dataclasses.replace(out, loss=out.loss + fence)
+        return out, feats
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -346,6 +362,7 @@ class Trainer:
         if self.ds_config["zero_optimization"]["stage"] == 3 and is_moe(self.encoder):
             raise MmrepError("ZeRO-3 does not support Mixture-of-Experts models; use deepspeed.zero_stage 0-2 "
                              "(configs/deepspeed/zero2.json) or model.moe.mode=dense")
+        module.grad_fence = self.world > 1 and self.ds_config["zero_optimization"]["stage"] >= 2
         o = cfg.optim
         optimizer = torch.optim.AdamW(param_groups(module, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         scheduler = build_scheduler(optimizer, o.warmup_steps, o.total_steps, o.min_lr_ratio)

@@ -228,3 +228,18 @@ def test_deepspeed_backend_is_batch_independent_and_trains():
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("deepspeed ok") == 2
+
+
+def test_image_transform_matches_the_model(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from mmrep.model import image_transform
+
+    cfg = tiny_config("tiny.yaml", "--image_mean=[0.5,0.5,0.5]", "--image_std=[0.25,0.25,0.25]")
+    buf = io.BytesIO()
+    Image.new("RGB", (60, 80), (255, 255, 255)).save(buf, format="PNG")
+    x = image_transform(cfg)(buf.getvalue())
+    assert x.shape == (3, 32, 32)
+    torch.testing.assert_close(x, torch.full((3, 32, 32), 2.0))  # (1 - 0.5) / 0.25

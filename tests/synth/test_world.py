@@ -265,3 +265,24 @@ def test_example_config_file_loads():
     path = Path(__file__).parents[2] / "configs" / "data" / "world-example.yaml"
     cfg = resolve_config("small", str(path), ["--world.n_negatives=3"]).world
     assert cfg.n_items == 5000 and cfg.n_negatives == 3 and cfg.views_per_item == [2, 3]
+
+
+def test_a_split_too_small_for_its_queries_is_a_clear_error(tmp_path):
+    cfg = WorldConfig(**SMALL | {"val_frac": 0.02})
+    with pytest.raises(MmrepError, match="world.val_frac"):
+        generate_world(cfg, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_new_items_launch_in_the_ctr_test_period_and_are_never_shown_before(tiny_world):
+    world, summary = tiny_world
+    ev = pd.read_csv(world / "interactions.csv", keep_default_na=False)
+    f = pd.read_csv(world / "item_factors.csv", keep_default_na=False).set_index("item")
+    assert (ev.time.to_numpy() >= f.launch_time[ev.item].to_numpy()).all()
+    new = f.index[f.launch_time > 0]
+    assert abs(len(new) / len(f) - summary["config"]["new_item_rate"]) < 0.05
+    assert (f.launch_time[new] >= summary["ctr_split_time"]).all()
+    assert summary["counts"]["items_launched_in_ctr_test"] == len(new)
+    exposed = ev[ev.event == "exposure"]
+    cold = exposed[exposed.item.isin(new)]
+    assert len(cold) > 0 and (cold.time >= summary["ctr_split_time"]).all()  # cold items for id features

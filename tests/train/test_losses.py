@@ -1,8 +1,6 @@
 """Pure loss / negatives / filtering math against brute-force references."""
 
 import math
-import os
-import socket
 
 import pytest
 import torch
@@ -158,18 +156,40 @@ def test_hardest_negative_ignores_padding():
     assert s[0].item() == pytest.approx(-1.0, abs=1e-6) and has.tolist() == [True, False]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def run_two_ranks(target, args, store) -> list:
+    """Run target(rank, store, *args, out) on 2 gloo ranks (file rendezvous: no port races); returns the
+    two results put on `out`, sorted by rank."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.SimpleQueue()
+    procs = [ctx.Process(target=target, args=(r, str(store), *args, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    return sorted([out.get(), out.get()])
 
 
-def _two_rank_worker(rank, port, a, b, ids, out):
+def init_rank(rank: int, store: str) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+
+
+def close_rank() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()  # nobody tears down while the other rank still talks
+    dist.destroy_process_group()
+
+
+def _two_rank_worker(rank, store, a, b, ids, out):
+    import torch.distributed as dist
+
+    init_rank(rank, store)
     try:
         half = a.shape[0] // 2
         rows = slice(rank * half, (rank + 1) * half)
@@ -180,25 +200,14 @@ def _two_rank_worker(rank, port, a, b, ids, out):
         loss.backward()  # all_gather's backward sums every rank's contribution into this rank's grads
         out.put((rank, float(total) / 2, (la.grad / 2).tolist()))  # DDP averages grads over ranks
     finally:
-        dist.destroy_process_group()
+        close_rank()
 
 
 @pytest.mark.slow
-def test_two_rank_gathered_loss_equals_single_process_loss_and_gradients():
-    import torch.multiprocessing as mp
-
+def test_two_rank_gathered_loss_equals_single_process_loss_and_gradients(tmp_path):
     a, b = unit(8, 6, seed=11), unit(8, 6, seed=12)
     ids = id_hash(["i0", "i1", "i2", "i3", "i1", "i5", "i6", "i7"])
-    ctx = mp.get_context("spawn")
-    out = ctx.SimpleQueue()
-    port = _free_port()
-    procs = [ctx.Process(target=_two_rank_worker, args=(r, port, a, b, ids, out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert all(p.exitcode == 0 for p in procs)
-    results = sorted([out.get(), out.get()])
+    results = run_two_ranks(_two_rank_worker, (a, b, ids), tmp_path / "store")
     ga = a.clone().requires_grad_()
     _, single = symmetric_contrastive(ga, b, torch.tensor([5.0]), ids=ids)
     single.backward()

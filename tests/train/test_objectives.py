@@ -283,14 +283,39 @@ def slice_features(f: Features, rows: slice) -> Features:
     return Features({k: v[rows] for k, v in f.tensors.items()}, f.aux_loss, f.sparsity_loss, f.preference)
 
 
-def _posttrain_rank(rank, port, prev, cur, out):
-    import os
+def run_two_ranks(target, args, store) -> list:
+    """Run target(rank, store, *args, out) on 2 gloo ranks (file rendezvous); results sorted by rank."""
+    import torch.multiprocessing as mp
 
+    ctx = mp.get_context("spawn")
+    out = ctx.SimpleQueue()
+    procs = [ctx.Process(target=target, args=(r, str(store), *args, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    return sorted([out.get(), out.get()])
+
+
+def init_rank(rank: int, store: str) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+
+
+def close_rank() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _posttrain_rank(rank, store, prev, cur, out):
+    import torch.distributed as dist
+
+    init_rank(rank, store)
     try:
         half = cur.batch_size // 2
         rows = slice(rank * half, (rank + 1) * half)
@@ -301,31 +326,16 @@ def _posttrain_rank(rank, port, prev, cur, out):
         dist.all_reduce(total)
         out.put((rank, float(total) / 2, len(obj.queue), share.metrics["omega/mm"]))
     finally:
-        dist.destroy_process_group()
+        close_rank()
 
 
 @pytest.mark.slow
-def test_two_rank_posttrain_loss_equals_single_process_loss():
-    import socket
-
-    import torch.multiprocessing as mp
-
+def test_two_rank_posttrain_loss_equals_single_process_loss(tmp_path):
     prev, cur = synthetic_features(8, 3, 16, seed=1), synthetic_features(8, 3, 16, seed=2)
     single = PosttrainObjective(LossConfig(hard_k=2, queue_size=64), 16)
     single.after_step(prev)
     ref = single.loss(cur, 4, 10)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    out = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_posttrain_rank, args=(r, port, prev, cur, out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert all(p.exitcode == 0 for p in procs)
-    results = sorted([out.get(), out.get()])
+    results = run_two_ranks(_posttrain_rank, (prev, cur), tmp_path / "store")
     assert results[0][1] == pytest.approx(ref.loss.item(), abs=1e-5)
     assert results[0][2] == len(single.queue)  # every rank queued the global batch
     assert results[0][3] == pytest.approx(ref.metrics["omega/mm"], abs=1e-6)  # ω over the global batch

@@ -6,7 +6,7 @@
 Latent model: items have a category path (8 tops x 3 subs), colour, pattern, brand (drawn as a mark on
 the product), material, style, price tier and a hidden popularity; users have tastes over the same
 factors. Clicks follow sigmoid(bias + taste x factors + popularity + noise), so a representation that
-captures the factors helps a CTR model, most on rare items.
+captures the factors helps a CTR model, most on rare and newly launched items.
 
 Output (byte-identical for the same config):
     world.json               config, counts, missing-field rates, ctr_split_time, vocabulary
@@ -17,7 +17,8 @@ Output (byte-identical for the same config):
                              exposed-not-bought negatives, all from the same item split
     interactions.csv         user,item,time,event,query: events of one session share its (unique) time, so
                              an exposure is clicked iff a click row has the same (user, item, time); CTR
-                             train = time < world.json's ctr_split_time, test = the rest; covers all items
+                             train = time < world.json's ctr_split_time, test = the rest; covers all items;
+                             `new_item_rate` of the items launch during the test period (cold items)
     pairs.csv                item_a,item_b,kind (co-click / co-purchase), both items in one split
     item_factors.csv         ground-truth factors per item (analysis and tests only; never train on it)
     users.csv                user, favourite categories / colours / brands, price tier, full taste JSON

@@ -23,6 +23,8 @@ HORIZON_S = 90 * 24 * 3600  # the log spans 90 days
 
 @dataclass
 class Session:
+    """One page shown to one user at one time: browsing a subcategory or a query's results."""
+
     user: int
     items: list[int]  # exposed items, distinct
     clicked: list[bool]
@@ -33,6 +35,8 @@ class Session:
 
 @dataclass
 class QueryPlan:
+    """A search query before rendering: who asks, in which item split, what they buy, what they skip."""
+
     index: int
     user: int
     split: int
@@ -47,6 +51,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def click_prob(cfg, users: Users, items: Items, u: np.ndarray, i: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """(K,) click probability of user u[k] on item i[k] (noise: (K,) standard normal)."""
     logit = (cfg.click_bias + cfg.affinity_scale * affinity(users, items, u, i)
              + cfg.popularity_scale * items.popularity[i] + cfg.click_noise * noise)
     return _sigmoid(logit)

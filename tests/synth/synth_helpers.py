@@ -9,6 +9,8 @@ from mmrep.data.shards import shard_paths
 from mmrep.records import Product, Triplet
 
 SPLITS = ("train", "val", "test")
+# a cut-down world for tests that generate several worlds (about 1 s each)
+SMALL = dict(n_items=120, n_users=40, n_queries=60, sessions_per_user=10.0, shard_size=50)
 
 
 def read_products(world, split):

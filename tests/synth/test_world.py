@@ -10,7 +10,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import SMALL
 from mmrep import cli
 from mmrep.data.shards import read_manifest
 from mmrep.errors import MmrepError
@@ -19,7 +18,7 @@ from mmrep.synth.cli import main as synth_main, resolve_config
 from mmrep.synth.text import ATTRIBUTE_KEYS
 from mmrep.synth.records import WorldRecords
 from mmrep.synth.world import WorldConfig, generate_world
-from synth_helpers import SPLITS, read_products, read_triplets
+from synth_helpers import SMALL, SPLITS, read_products, read_triplets
 
 
 def _hashes(root):
@@ -251,9 +250,10 @@ def test_config_errors_name_the_key(tmp_path):
 
 def test_image_size_format_and_view_count_are_configurable(tmp_path):
     cfg = WorldConfig(**SMALL | {"n_queries": 30}, image_size=32, image_format="png", views_per_item=[1, 1],
-                      missing_image_rate=0.0)
+                      missing_image_rate=0.0, n_top_categories=3, n_sub_categories=2)
     generate_world(cfg, tmp_path / "w")
     products = read_products(tmp_path / "w", "train")
+    assert len({tuple(p.category) for p in products}) == 6
     assert all(len(p.images) == 1 and p.image_exts == ["png"] for p in products)
     img = Image.open(io.BytesIO(products[0].images[0]))
     assert img.format == "PNG" and img.size == (32, 32)
@@ -286,3 +286,13 @@ def test_new_items_launch_in_the_ctr_test_period_and_are_never_shown_before(tiny
     exposed = ev[ev.event == "exposure"]
     cold = exposed[exposed.item.isin(new)]
     assert len(cold) > 0 and (cold.time >= summary["ctr_split_time"]).all()  # cold items for id features
+
+
+def test_a_failed_run_leaves_nothing_behind(tmp_path):
+    def fail_late(msg):
+        if msg == "triplets/val":
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate_world(WorldConfig(**SMALL), tmp_path / "w", log=fail_late)
+    assert list(tmp_path.iterdir()) == []

@@ -117,7 +117,8 @@ def main() -> None:
               f"peak RSS {rss:.0f} MiB, relative error {report['reconstruction']['relative']:.4f}, "
               f"collision rate {report['collisions']['collision_rate']:.4f}, largest bucket "
               f"{report['collisions']['largest_bucket']}, reconstruction recall@{r.get('k')} "
-              f"{r.get('reconstruction_recall', float('nan')):.3f}")
+              f"{r.get('reconstruction_recall', float('nan')):.3f}, bucket recall by prefix "
+              + ", ".join(f"{p['length']}:{p['recall']:.3f}" for p in r.get("prefix", [])))
     wall, rss = first
 
     wall3, rss3, stdout = run_measured([sys.executable, "-c", FAISS_CHILD, str(emb / "embeddings.npy"),

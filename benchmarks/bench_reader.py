@@ -5,7 +5,7 @@ shards, same run, same worker count.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_reader.py [--n 4000] [--workers 2] [--sizes 64 224]
 
 Shards are built from the first N Fashion Product Images (../shared/data) or, when that folder is
-absent, from synthetic 60x80 JPEGs of the same kind. mmrep's loader does more work per sample than
+absent or --synthetic W H is given, from synthetic JPEGs (60x80 by default). mmrep's loader does more work per sample than
 the bare one (product JSON, tokenization, modality masks, skip accounting); both read, decode and
 transform every image.
 """
@@ -35,10 +35,10 @@ from mmrep.data.transforms import CLIP_MEAN, CLIP_STD, ImageTransform
 from mmrep.records import Product, sample_key
 
 
-def build_shards(root: Path, n: int) -> tuple[str, str]:
+def build_shards(root: Path, n: int, synthetic: tuple[int, int] | None = None) -> tuple[str, str]:
     fashion = shared_data_dir() / "fashion_product_images_small"
     shard_size = max(n // 8, 1)
-    if fashion.is_dir():
+    if fashion.is_dir() and synthetic is None:
         import pandas as pd
 
         styles = pd.read_csv(fashion / "styles.csv", dtype=str, keep_default_na=False)
@@ -50,14 +50,15 @@ def build_shards(root: Path, n: int) -> tuple[str, str]:
         import_catalog(cfg, root / "shards")
         return str(root / "shards" / "train"), f"Fashion Product Images, first {len(styles)} items (60x80 JPEG)"
     rng = np.random.default_rng(0)
+    w_, h_ = synthetic or (60, 80)
     with ShardWriter(root / "shards" / "train", "train", max_count=shard_size) as w:
         for i in range(n):
-            arr = (rng.random((80, 60, 3)) * 64 + np.linspace(0, 190, 60)[None, :, None]).astype(np.uint8)
+            arr = (rng.random((h_, w_, 3)) * 64 + np.linspace(0, 190, w_)[None, :, None]).astype(np.uint8)
             buf = io.BytesIO()
             Image.fromarray(arr).save(buf, "JPEG", quality=75)
             p = Product(id=str(i), title=f"synthetic item {i}", category=["A", "B"], images=[buf.getvalue()])
             w.write({"__key__": sample_key(p.id), **p.to_sample()})
-    return str(root / "shards" / "train"), f"synthetic 60x80 JPEGs, {n} items"
+    return str(root / "shards" / "train"), f"synthetic {w_}x{h_} JPEGs, {n} items"
 
 
 def bare_pipeline(urls: list[str], size: int, workers: int, batch: int) -> wds.WebLoader:
@@ -84,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--synthetic", type=int, nargs=2, metavar=("W", "H"),
+                    help="use synthetic W x H JPEGs instead of Fashion (e.g. 800 600: large photos, JPEG draft mode)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     tokenizer = ProductTokenizer(TokenizerConfig())
     with tempfile.TemporaryDirectory() as tmp:
-        folder, what = build_shards(Path(tmp), args.n)
+        folder, what = build_shards(Path(tmp), args.n, tuple(args.synthetic) if args.synthetic else None)
         urls = resolve_shards(folder)
         print(f"shards: {what}; {len(urls)} shards; {args.workers} workers; batch {args.batch}; "
               f"medians of {args.repeats} alternating passes; paired ratio = median of per-pass ratios")

@@ -183,8 +183,11 @@ def save_resolved(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> P
     return path
 
 
-def split_config_args(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
-    """Separate `--config PATH` and `--a.b=v` overrides from the remaining arguments."""
+def split_config_args(argv: Sequence[str], top_level: Sequence[str] = ()) -> tuple[str | None, list[str], list[str]]:
+    """Separate `--config PATH` and `--a.b=v` overrides from the remaining arguments.
+
+    `top_level` names undotted keys (`--output_dir=x`) that are overrides too.
+    """
     config, overrides, rest = None, [], []
     it = iter(argv)
     for arg in it:
@@ -194,7 +197,7 @@ def split_config_args(argv: Sequence[str]) -> tuple[str | None, list[str], list[
                 raise MmrepError("--config needs a path")
         elif arg.startswith("--config="):
             config = arg.split("=", 1)[1]
-        elif arg.startswith("--") and "=" in arg and "." in arg.split("=", 1)[0]:
+        elif arg.startswith("--") and "=" in arg and ("." in arg.split("=", 1)[0] or arg[2:].split("=", 1)[0] in top_level):
             overrides.append(arg)
         else:
             rest.append(arg)

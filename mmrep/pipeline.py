@@ -60,6 +60,7 @@ class RunConfig:
     posttrain: StageSection = field(default_factory=lambda: StageSection("configs/train/posttrain-tiny.yaml"))
     align: StageSection = field(default_factory=lambda: StageSection("configs/train/align-tiny.yaml"))
     untrained_model: str = "configs/model/tiny.yaml"  # the random-init baseline column
+    seed: int = 0  # seed of the random init (the pretrain config's seed should match)
     eval_split: str = "test"
     image_search_query_set: str = "augment"
     application: ApplicationSection = field(default_factory=ApplicationSection)
@@ -103,6 +104,18 @@ class Job:
         self.timings[name] = round(time.perf_counter() - t0, 1)
         mark.write_text(json.dumps({"seconds": self.timings[name]}))
 
+    def call(self, name: str, fn, *args) -> None:
+        """An in-process step that has no command of its own."""
+        mark = self.marks / f"{name}.done"
+        if mark.exists():
+            print(f"[{name}] done earlier, skipping")
+            return
+        print(f"\n[{name}]", flush=True)
+        t0 = time.perf_counter()
+        fn(*args)
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        mark.write_text(json.dumps({"seconds": self.timings[name]}))
+
     def seconds(self, name: str) -> float:
         mark = self.marks / f"{name}.done"
         return json.loads(mark.read_text()).get("seconds", 0.0) if mark.exists() else 0.0
@@ -124,8 +137,10 @@ def run(cfg: RunConfig, fresh: bool = False) -> dict[str, Any]:
     elif not world.is_dir():
         raise MmrepError(f"world.path {world} does not exist; generate it with `mmrep data synth` or unset it")
 
-    versions: dict[str, str] = {}  # name -> encoder dir ("" = random init)
-    versions["untrained"] = ""
+    # Version 0 is the random init that pretraining starts from (same config, same seed).
+    untrained = out / "untrained" / "encoder"
+    job.call("untrained", save_untrained, _repo_path(cfg.untrained_model), cfg.seed, untrained)
+    versions: dict[str, str] = {"untrained": str(untrained)}  # name -> encoder dir
     prev = ""
     for stage, section, shards in (("pretrain", cfg.pretrain, world / "items" / "train"),
                                    ("posttrain", cfg.posttrain, world / "triplets" / "train"),
@@ -145,16 +160,14 @@ def run(cfg: RunConfig, fresh: bool = False) -> dict[str, Any]:
     job.step("bench", ["eval", "mbe", "--make-bench", "--from-world", str(world), "--split", cfg.eval_split,
                        "--out", str(bench), "--overwrite"])
 
-    encoder_args = []
-    for name, enc in versions.items():
-        encoder_args += ["--encoder-config", _repo_path(cfg.untrained_model)] if not enc else ["--encoder", f"{name}={enc}"]
+    encoder_args = [a for enc in versions.values() for a in ("--encoder", enc)]
     job.step("mbe", ["eval", "mbe", "--bench", str(bench), *encoder_args, "--out", str(out / "eval" / "mbe"), "--overwrite"])
     mbe_report = json.loads((out / "eval" / "mbe" / "report.json").read_text())
 
     version_dirs = {}
     for name, enc in versions.items():
         vdir = out / "versions" / name
-        enc_args = ["--encoder-config", _repo_path(cfg.untrained_model)] if not enc else ["--encoder", enc]
+        enc_args = ["--encoder", enc]
         for split in ("train", "val", "test"):
             job.step(f"export-{name}-{split}", ["export", *enc_args, "--shards", str(world / "items" / split),
                                                 "--out", str(out / "embeddings" / name / split), "--overwrite",
@@ -189,6 +202,15 @@ def run(cfg: RunConfig, fresh: bool = False) -> dict[str, Any]:
     return write_run_report(out, list(versions), job)
 
 
+def save_untrained(model_config: str, seed: int, out: Path) -> None:
+    import torch
+
+    from mmrep.model import ModelConfig, build_encoder, save_encoder
+
+    torch.manual_seed(seed)
+    save_encoder(build_encoder(cfgmod.load(ModelConfig, model_config)), out)
+
+
 def _merge_version(emb_root: Path, vdir: Path, mbe_report: dict, name: str, search_dir: Path) -> None:
     """One folder per representation version: all items' embeddings + its intermediate metrics."""
     import numpy as np
@@ -203,12 +225,10 @@ def _merge_version(emb_root: Path, vdir: Path, mbe_report: dict, name: str, sear
         arrays.append(a)
     save_embeddings(vdir, ids, np.concatenate(arrays), name=name, overwrite=True)
     metrics: dict[str, float] = {}
-    enc = next((e for e in mbe_report["encoders"] if e["name"] == name or e["name"].startswith(name)), None)
-    if enc is None and name == "untrained":
-        enc = next((e for e in mbe_report["encoders"] if "random init" in e["name"]), None)
+    enc = next((e for e in mbe_report["encoders"] if e["name"].split("/")[0] == name), None)
     if enc is not None:
         metrics |= {k: v for k, v in enc["results"]["summary"].items() if v is not None}
-    search = json.loads((search_dir / "report.json").read_text())
+    search = json.loads((search_dir / "image_search.json").read_text())
     rows = search.get("rows") or search.get("report", {}).get("rows", [])
     if rows:
         last = rows[-1]
@@ -233,7 +253,10 @@ def _segments_csv(world: Path, out: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    config_path, overrides, rest = cfgmod.split_config_args(argv)
+    import dataclasses
+
+    top = [f.name for f in dataclasses.fields(RunConfig)]
+    config_path, overrides, rest = cfgmod.split_config_args(argv, top)
     p = argparse.ArgumentParser(prog="mmrep run", description="the main job: the whole pipeline end to end")
     p.add_argument("--fresh", action="store_true", help="redo every step (default: resume after finished steps)")
     a = p.parse_args(rest)

@@ -113,15 +113,15 @@ def results_table(mbe: dict | None, ctr: dict | None, exchange: dict | None) -> 
             lines.append(f"| {name} | {s['auc']['mean']:.4f} ± {s['auc']['std']:.4f} | "
                          f"{s['gauc']['mean']:.4f} ± {s['gauc']['std']:.4f} | {s['logloss']['mean']:.4f} |")
         lines.append("")
-    if exchange:
-        rows = exchange.get("ranking") or []
-        if rows:
-            lines += ["## Exchange rate (ΔAUC per unit of metric, over representation versions)", ""]
-            keys = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list))]
-            lines += ["| " + " | ".join(keys) + " |", "| " + " | ".join("---" for _ in keys) + " |"]
-            for r in rows:
-                lines.append("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
-            lines.append("")
+    if exchange and exchange.get("ranking"):
+        lines += ["## Exchange rate: which intermediate metric predicts downstream AUC", "",
+                  "| rank | metric | slope ΔAUC/Δmetric | Pearson r | Spearman ρ | sign stability |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for i, name in enumerate(exchange["ranking"], 1):
+            m = exchange["metrics"][name]
+            lines.append(f"| {i} | {name} | {_fmt(m.get('slope'))} | {_fmt(m.get('pearson'))} | "
+                         f"{_fmt(m.get('spearman'))} | {_fmt(m.get('sign_stability'))} |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -440,7 +440,7 @@ def markdown(report: dict[str, Any]) -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for name, r in report["results"].items():
         s = r["summary"]
-        cell = lambda m: f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}"  # noqa: E731
+        cell = lambda m: f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}" if s[m]["n"] else "—"  # noqa: E731
         lines.append(f"| {name} | {cell('auc')} | {cell('gauc')} | {cell('logloss')} | "
                      f"{cell('auc_cold_items')} | {s['auc']['n']} |")
     lines += ["", "AUC: probability a clicked test impression scores above a non-clicked one (ties half). "

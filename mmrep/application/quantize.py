@@ -81,9 +81,14 @@ def train_codebooks(x: np.ndarray, cfg: QuantizeConfig) -> np.ndarray:
 
     n, d = x.shape
     rng = np.random.default_rng(cfg.seed)
-    rows = np.sort(rng.choice(n, size=cfg.train_sample, replace=False)) if n > cfg.train_sample else None
-    sample = np.array(x[rows] if rows is not None else x, dtype=np.float32)
-    release_pages(x)
+    rows = np.sort(rng.choice(n, size=cfg.train_sample, replace=False)) if n > cfg.train_sample else np.arange(n)
+    # gather chunk by chunk, dropping mapped pages as we go: random rows touch most of a memory-mapped file
+    parts = []
+    for start in range(0, n, cfg.chunk):
+        lo, hi = np.searchsorted(rows, [start, start + cfg.chunk])
+        parts.append(np.array(x[rows[lo:hi]], dtype=np.float32))
+        release_pages(x)
+    sample = np.concatenate(parts)
     if len(sample) < cfg.centroids:
         raise MmrepError(f"{len(sample)} items cannot train {cfg.centroids} centroids per level; "
                          f"lower --centroids or quantize more items")
@@ -236,8 +241,9 @@ def retrieval_recall(x: np.ndarray, codes: np.ndarray, codebooks: np.ndarray, qu
 
     Dense truth: each query's k nearest other items by inner product. Reports, per prefix length p,
     the fraction of the truth sharing the query's first p code digits (bucket recall) and the mean
-    bucket size (candidates to score); and recall@k of ranking all items by their reconstruction
-    (ties with the k-th score count as retrieved).
+    bucket size (candidates to score); and the recall@k of ranking all other items by their
+    reconstruction. Items with one full code share one reconstruction, so that ranking has ties:
+    the expected recall under random tie-breaking is reported.
     """
     n = len(x)
     k = min(k, n - 1)
@@ -245,15 +251,11 @@ def retrieval_recall(x: np.ndarray, codes: np.ndarray, codebooks: np.ndarray, qu
         return {}
     q = np.asarray(x[queries], dtype=np.float32)
     best = _TopK(len(q), k)
-    best_rec = _TopK(len(q), k)
     chunk = min(chunk, 8192)  # (Q, chunk) score blocks: bounded memory for any N
     for start in range(0, n, chunk):
         block = np.asarray(x[start:start + chunk], dtype=np.float32)
         cols = np.arange(start, start + len(block))
-        self_mask = queries[:, None] == cols[None, :]
-        best.push(np.where(self_mask, -np.inf, q @ block.T), cols)
-        rec = reconstruct(codes[start:start + len(block)], codebooks)
-        best_rec.push(np.where(self_mask, -np.inf, q @ rec.T), cols)
+        best.push(np.where(queries[:, None] == cols[None, :], -np.inf, q @ block.T), cols)
         release_pages(x)
     truth = best.indices()
     out: dict[str, Any] = {"k": k, "queries": int(len(queries)), "prefix": []}
@@ -264,13 +266,31 @@ def retrieval_recall(x: np.ndarray, codes: np.ndarray, codebooks: np.ndarray, qu
         bucket = counts[inv.reshape(-1)[queries]] - 1
         out["prefix"].append({"length": p, "recall": float(shares.mean()),
                               "mean_candidates": float(bucket.mean())})
-    # items in one bucket share a reconstruction, so ties are common: a true neighbour counts as
-    # retrieved when its reconstruction scores at least the k-th best reconstruction score
-    kth = best_rec.scores[:, -1].astype(np.float64)
-    truth_rec = np.einsum("qd,qkd->qk", q.astype(np.float64), reconstruct(codes[truth.reshape(-1)], codebooks)
-                          .reshape(truth.shape + (-1,)).astype(np.float64))
-    out["reconstruction_recall"] = float((truth_rec >= kth[:, None] - 1e-5).mean())
+    out["reconstruction_recall"] = _reconstruction_recall(q, queries, truth, codes, codebooks, k, chunk)
     return out
+
+
+def _reconstruction_recall(q, queries, truth, codes, codebooks, k: int, chunk: int) -> float:
+    """Expected recall@k of ranking items by reconstruction, ties (same full code) broken at random.
+
+    Distinct codes are ranked by score; walking down them, a code holding c items (the query itself
+    not counted) that starts after `before` retrieved items contributes each item with probability
+    clip((k - before) / c, 0, 1).
+    """
+    uniq, inv, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    top = _TopK(len(q), k + 1)  # k+1: the query's own code may hold no other item
+    for start in range(0, len(uniq), chunk):
+        rec = reconstruct(uniq[start:start + chunk], codebooks)
+        top.push(q @ rec.T, np.arange(start, start + len(rec)))
+    recall = np.empty(len(q))
+    for row, (qi, cand) in enumerate(zip(queries, top.indices())):
+        c = counts[cand] - (cand == inv[qi])  # the query is not its own neighbour
+        before = np.concatenate([[0], np.cumsum(c)[:-1]])
+        prob = np.clip((k - before) / np.maximum(c, 1), 0.0, 1.0) * (c > 0)
+        p_of_code = dict(zip(cand.tolist(), prob.tolist()))
+        recall[row] = np.mean([p_of_code.get(int(inv[t]), 0.0) for t in truth[row]])
+    return float(recall.mean())
 
 
 class _TopK:

@@ -24,6 +24,7 @@ import torch
 from mmrep.errors import MmrepError
 from mmrep.evaluation import metrics
 from mmrep.evaluation.benchmark import Benchmark, label_of
+from mmrep.evaluation.report import TASK_LABELS
 from mmrep.export.embeddings import EncoderHandle, check_dim, embed_records, embed_texts, has_view
 
 TASKS: dict[str, tuple[str, str]] = {
@@ -33,7 +34,6 @@ TASKS: dict[str, tuple[str, str]] = {
     "t2i": ("text", "image"),
     "i2t": ("image", "text"),
 }
-TASK_LABELS = {"t2mm": "t→mm", "i2mm": "i→mm", "mm2mm": "mm→mm", "t2i": "t→i", "i2t": "i→t"}
 
 
 @dataclass

@@ -32,10 +32,11 @@ def mbe_rows(report: dict) -> list[tuple[str, list[str]]]:
         fields = []
         for e in encs:
             fields += [f for f in e["results"][group] if f not in fields]
+        short = "class" if group == "classification" else "attr"
         for f in fields:
             for m, label in (("accuracy", "acc"), ("macro_precision", "macro P"), ("macro_recall", "macro R"),
                              ("macro_f1", "macro F1")):
-                rows.append((f"{group[:5]}. {f} {label}", [_pct(e["results"][group].get(f, {}).get(m)) for e in encs]))
+                rows.append((f"{short}: {f} {label}", [_pct(e["results"][group].get(f, {}).get(m)) for e in encs]))
     for key in ("classification accuracy", "attributes accuracy"):
         if any(key in e["results"].get("summary", {}) for e in encs):
             rows.append((f"**{key} (mean over fields)**", [_pct(e["results"]["summary"].get(key)) for e in encs]))

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ivf-lists", dest="ivf_lists", type=int)
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished export")
     p.add_argument("--strict", action="store_true", default=None, help="fail on a corrupt sample")
+    p.add_argument("--device", help="auto (default: cuda:LOCAL_RANK when available, else cpu), cpu, cuda:0, ...")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the DeepSpeed launcher passes it
     return p

@@ -50,6 +50,7 @@ class EncoderHandle:
     collator: Any  # mmrep.data.collate.Collator
     name: str
     fingerprint: str
+    device: str = "cpu"
 
     @property
     def embed_dim(self) -> int:
@@ -66,8 +67,17 @@ def _sha256_files(paths: Sequence[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def resolve_device(device: str = "auto") -> str:
+    """`auto` -> this rank's GPU (cuda:LOCAL_RANK) when CUDA is usable, else the CPU."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    return "cpu"
+
+
 def open_encoder(path: str | Path | None = None, config: str | Path | None = None, seed: int = 0,
-                 max_images: int = 4, name: str = "") -> EncoderHandle:
+                 max_images: int = 4, name: str = "", device: str = "auto") -> EncoderHandle:
     """A trained encoder dir (`save_encoder` output) or a model config YAML (random init with `seed`)."""
     from mmrep.config import from_dict, read_yaml, to_dict
     from mmrep.data.readers import build_collator
@@ -98,7 +108,8 @@ def open_encoder(path: str | Path | None = None, config: str | Path | None = Non
     cfg = encoder.cfg
     collator = build_collator(ProductTokenizer(cfg.tokenizer), cfg.image_size, cfg.image_mean, cfg.image_std,
                               max_images=max_images, train=False)
-    return EncoderHandle(encoder, collator, label, fingerprint)
+    device = resolve_device(device)
+    return EncoderHandle(encoder.to(device), collator, label, fingerprint, device)
 
 
 def select_view(inputs: EncoderInput, view: View) -> EncoderInput:
@@ -137,7 +148,7 @@ def embed_records(handle: EncoderHandle, records: Sequence[Product | Query], vie
             inputs = handle.collator.products(chunk).inputs
         else:
             inputs = handle.collator.queries(chunk)
-        emb = handle.encoder(select_view(inputs, view)).embedding.float()
+        emb = handle.encoder(select_view(inputs, view).to(handle.device)).embedding.float()
         if dim:
             emb = matryoshka(emb, dim)
         out.append(emb.cpu().numpy())
@@ -160,7 +171,7 @@ def embed_texts(handle: EncoderHandle, texts: Sequence[str], batch_size: int = 2
 
     out = []
     for start in range(0, len(texts), batch_size):
-        emb = handle.encoder(handle.collator.texts(texts[start : start + batch_size])).embedding.float()
+        emb = handle.encoder(handle.collator.texts(texts[start : start + batch_size]).to(handle.device)).embedding.float()
         out.append((matryoshka(emb, dim) if dim else emb).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, dim or handle.embed_dim), dtype=np.float32)
 
@@ -245,6 +256,7 @@ class ExportConfig:
     overwrite: bool = False  # replace a finished export / parts from another encoder
     strict: bool = False  # fail on a corrupt sample instead of skipping (and counting) it
     progress: bool = True
+    device: str = "auto"  # "auto": cuda:<LOCAL_RANK> when available, else cpu
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "part_size", "max_images"):
@@ -379,7 +391,7 @@ def export(cfg: ExportConfig, handle: EncoderHandle | None = None) -> dict[str, 
     if handle is None:
         if not cfg.encoder:
             raise MmrepError("no encoder: pass --encoder RUN/encoder")
-        handle = open_encoder(cfg.encoder, max_images=cfg.max_images)
+        handle = open_encoder(cfg.encoder, max_images=cfg.max_images, device=cfg.device)
     if cfg.dim and cfg.dim > handle.embed_dim:
         raise MmrepError(f"--dim {cfg.dim} exceeds the encoder's embedding size {handle.embed_dim}")
     out = Path(cfg.out)
@@ -512,7 +524,9 @@ def build_faiss(out: Path, names: list[str], cfg: ExportConfig, dim: int) -> str
         nlist = min(nlist, len(xb))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(xb)
+        # k-means needs ~tens of points per cell, not all of them: bound training time on big exports
+        train = xb if len(xb) <= 64 * nlist else xb[np.random.default_rng(0).choice(len(xb), 64 * nlist, replace=False)]
+        index.train(train)
     index.add(xb)
     tmp = out / f".{FAISS_FILE}.tmp"
     faiss.write_index(index, str(tmp))

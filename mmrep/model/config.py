@@ -16,9 +16,10 @@ OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def _positive(section: str, **values: float) -> None:
+    prefix = f"model.{section}." if section else "model."
     for key, value in values.items():
         if value <= 0:
-            raise MmrepError(f"model.{section}.{key} must be positive, got {value}")
+            raise MmrepError(f"{prefix}{key} must be positive, got {value}")
 
 
 @dataclass

@@ -84,11 +84,13 @@ class Encoder(nn.Module):
 def check_inputs(inputs: EncoderInput) -> None:
     """Every sample needs at least one modality; shapes must agree."""
     b = inputs.batch_size
+    if b == 0:
+        raise ValueError("empty batch: nothing to encode")
     if inputs.pixels.shape[:2] != inputs.image_mask.shape or inputs.text_ids.shape != inputs.text_mask.shape:
         raise ValueError(f"EncoderInput shapes disagree: pixels {tuple(inputs.pixels.shape)} vs image_mask "
                          f"{tuple(inputs.image_mask.shape)}, text_ids {tuple(inputs.text_ids.shape)} vs text_mask "
                          f"{tuple(inputs.text_mask.shape)}")
-    empty = ~(inputs.has_image | inputs.has_text) if b else torch.zeros(0, dtype=torch.bool)
+    empty = ~(inputs.has_image | inputs.has_text)
     if empty.any():
         rows = empty.nonzero(as_tuple=True)[0].tolist()
         raise ValueError(f"samples {rows[:8]} have neither an image nor text; drop them before encoding")

@@ -104,7 +104,7 @@ class MoELayer(nn.Module):
         else:
             routed = None
         xr = x if routed is None else x[routed]
-        probs = F.softmax(self.gate(xr), dim=-1)  # (Tr, R)
+        probs = F.softmax(self.gate(xr).float(), dim=-1)  # (Tr, R); routing in fp32 under autocast
         w, idx = topk_weights(probs, self.top_k)
         aux = load_balancing_loss(probs, idx, probs.shape[1])
         idx = idx + self.first_gated
@@ -115,7 +115,7 @@ class MoELayer(nn.Module):
             idx = torch.cat([idx.reshape(-1), fixed[pinned]])
             w = torch.cat([w.reshape(-1), w.new_ones(pinned.shape[0])])
         tok, idx, w = tok.reshape(-1), idx.reshape(-1), w.reshape(-1)
-        gates = x.new_zeros(t, z).index_put((tok, idx), w, accumulate=True)
+        gates = w.new_zeros(t, z).index_put((tok, idx), w, accumulate=True)
         return self._dispatch(x, tok, idx, w), Routing(gates, aux)
 
     def _dispatch(self, x: torch.Tensor, tok: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -129,7 +129,7 @@ class MoELayer(nn.Module):
             if n == 0:
                 continue
             rows = tok[start:start + n]
-            y.index_add_(0, rows, self.experts[e](x[rows]) * w[start:start + n, None].to(x.dtype))
+            y.index_add_(0, rows, (self.experts[e](x[rows]) * w[start:start + n, None]).to(y.dtype))
             start += n
         return y
 
@@ -170,16 +170,22 @@ class DeepSpeedMoELayer(nn.Module):
         self.moe = MoE(hidden_size=dim, expert=expert, num_experts=cfg.num_experts, ep_size=cfg.ep_size, k=cfg.top_k,
                        capacity_factor=1.0, eval_capacity_factor=1.0, min_capacity=0, drop_tokens=False,
                        use_rts=False, top2_2nd_expert_sampling=False)
-        self.moe.set_deepspeed_parallelism()
+
+    def _ensure_groups(self) -> None:
+        # deepspeed.initialize sets the expert-parallel group itself (and asserts it is unset);
+        # without an engine (inference, tests) we set it on first use.
+        if self.moe.deepspeed_moe.gate.ep_group is None:
+            self.moe.set_deepspeed_parallelism()
 
     def forward(self, x: torch.Tensor, types: torch.Tensor | None = None) -> tuple[torch.Tensor, Routing]:
         if x.shape[0] == 0:
             return x, Routing(x.new_zeros(0, self.num_experts), x.new_zeros(()))
+        self._ensure_groups()
         y, aux, _ = self.moe(x[None])
         # Recompute the (cheap) gate to report G̃ the same way as the native layer.
-        probs = F.softmax(self.moe.deepspeed_moe.gate.wg(x.float()), dim=-1).to(x.dtype)
+        probs = F.softmax(self.moe.deepspeed_moe.gate.wg(x.float()).float(), dim=-1)
         w, idx = topk_weights(probs, self.top_k)
-        gates = x.new_zeros(x.shape[0], self.num_experts).scatter(1, idx, w)
+        gates = w.new_zeros(x.shape[0], self.num_experts).scatter(1, idx, w)
         return y[0], Routing(gates, aux.reshape(()))
 
 

@@ -151,6 +151,8 @@ class TextTokens(nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.backend == "open_clip":
             length = ids.shape[1]
+            if length > self.positional_embedding.shape[0]:
+                raise ValueError(f"text length {length} exceeds the text tower's context {self.positional_embedding.shape[0]}")
             x = self.token_embedding(ids) + self.positional_embedding[:length]
             # causal, as open_clip trains it: right padding never reaches a real token
             causal = torch.full((length, length), float("-inf"), device=ids.device).triu(1)

@@ -145,10 +145,10 @@ def make_brands(seed: int, n_brands: int, n_top: int) -> Brands:
         name = "".join(_SYLLABLES[j] for j in rng.integers(0, len(_SYLLABLES), k)).capitalize()
         if name not in names:
             names.append(name)
-    # every top gets at least two brands; the rest sell in 1-3 random tops
+    # every top gets at least one brand (b % n_top); a brand also sells in up to two more random tops
     tops = [[b % n_top] for b in range(n_brands)]
     for b in range(n_brands):
-        extra = rng.choice(n_top, size=int(rng.integers(0, 3)), replace=False)
+        extra = rng.choice(n_top, size=min(int(rng.integers(0, 3)), n_top), replace=False)
         tops[b] = sorted(set(tops[b]) | {int(t) for t in extra})
     # distinct (mark shape, mark colour) per brand while there are enough combinations: the mark is how
     # an image shows the brand

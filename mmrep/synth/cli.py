@@ -18,12 +18,15 @@ from mmrep.synth.world import check_out_dir, generate_world
 
 def resolve_config(size: str, config: str | None = None, overrides: list[str] = (), seed: int | None = None
                    ) -> SynthConfig:
-    """Preset `size`, then the YAML file's `world:` section, then `--world.key=value`, then `--seed`."""
+    """Preset `size`, then the YAML file's `world:` section (other sections are left to their stages),
+    then `--world.key=value`, then `--seed`."""
     if size not in PRESETS:
         raise MmrepError(f"--size {size!r} is not one of {sorted(PRESETS)}")
     raw: dict = {"world": dict(PRESETS[size])}
     if config:
-        deep_merge(raw, read_yaml(config))
+        data = read_yaml(config)
+        # a whole-pipeline config holds other stages' sections too: only `world:` is ours
+        deep_merge(raw, {"world": data["world"]} if isinstance(data.get("world"), dict) else data)
     for item in overrides:
         key, value = parse_override(item)
         if not key.startswith("world."):

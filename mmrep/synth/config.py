@@ -83,6 +83,8 @@ class WorldConfig:
         need(1 <= self.jpeg_quality <= 95 and 1 <= self.query_jpeg_quality <= 95, "jpeg_quality",
              "JPEG qualities must be in 1..95")
         need(self.n_negatives >= 1, "n_negatives", "must be at least 1")
+        need(self.n_brands >= self.n_top_categories, "n_brands", "must be at least n_top_categories (every "
+             "top category needs a brand)")
         need(self.n_items >= 10 * (self.n_negatives + 1), "n_items",
              f"must be at least {10 * (self.n_negatives + 1)} so each split can hold a query and its negatives")
         need(self.sessions_per_user > 0, "sessions_per_user", "must be positive")

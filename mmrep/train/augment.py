@@ -15,6 +15,7 @@ originals followed by the accepted generated images.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import random
@@ -132,17 +133,18 @@ def ensure_entities(title: str, p: Product) -> str:
 # ----------------------------------------------------------------------------- built-in title augmenters
 @register_augmenter("attribute_title")
 class AttributeTitle:
-    """Attribute-preserving rewrite: the original title plus its attributes/category in a random template."""
+    """Attribute-preserving rewrite: the original title plus the attributes/category it does not name yet,
+    in a random template (a title that already names them all is left as is)."""
 
     kind = "title"
     TEMPLATES = ("{title}, {extras}", "{extras} {title}", "{title} - {extras}", "{title} ({extras})")
 
     def __call__(self, product: Product, rng: random.Random) -> str:
         extras = [e for e in product_entities(product) if e.lower() not in product.title.lower()]
-        if not extras:  # already complete: restate the category / colour in another order
-            extras = product_entities(product)[::-1]
+        if not extras:  # the title already names every entity: nothing to enrich
+            return product.title
         rng.shuffle(extras)
-        title = rng.choice(self.TEMPLATES).format(title=product.title.strip(), extras=" ".join(extras)).strip(" ,-()")
+        title = rng.choice(self.TEMPLATES).format(title=product.title.strip(), extras=" ".join(extras)).strip(" ,-")
         return ensure_entities(title, product)
 
 
@@ -216,29 +218,42 @@ class CropScale:
 
 @register_augmenter("background_swap")
 class BackgroundSwap:
-    """Replace the (near-uniform) background, estimated from the border colour, by a random light grey.
+    """Replace a plain studio background by a random light grey; the product's pixels are untouched.
 
-    Pixels within `tolerance` of the border's median colour count as background; images whose
-    "background" covers more than `max_fraction` (no separable subject) are skipped (None)."""
+    The background colour is the border's median; background = pixels within `tolerance` of it that
+    connect to the border (a flood fill, so white parts inside the product stay). Skipped (None) when
+    under `min_border` of the border is plain (a scene, not a studio shot) or when the background
+    would cover more than `max_fraction` (no separable subject)."""
 
     kind = "image"
 
-    def __init__(self, tolerance: float = 30.0, max_fraction: float = 0.9, max_border_std: float = 20.0):
-        self.tolerance, self.max_fraction, self.max_border_std = tolerance, max_fraction, max_border_std
+    def __init__(self, tolerance: float = 30.0, min_border: float = 0.75, max_fraction: float = 0.9):
+        self.tolerance, self.min_border, self.max_fraction = tolerance, min_border, max_fraction
 
     def __call__(self, image: Image.Image, product: Product, rng: random.Random) -> Image.Image | None:
         a = np.asarray(image.convert("RGB"), dtype=np.float32)
         border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-        if border.std(axis=0).max() > self.max_border_std:  # cluttered scene: no plain background to swap
-            return None
         bg = np.median(border, axis=0)
-        mask = np.linalg.norm(a - bg, axis=-1) < self.tolerance
+        if (np.linalg.norm(border - bg, axis=-1) < self.tolerance).mean() < self.min_border:
+            return None
+        near = np.linalg.norm(a - bg, axis=-1) < self.tolerance
+        mask = np.zeros_like(near)
+        mask[0], mask[-1], mask[:, 0], mask[:, -1] = near[0], near[-1], near[:, 0], near[:, -1]
+        while True:  # grow from the border through background-coloured pixels (4-neighbourhood)
+            grown = mask.copy()
+            grown[1:] |= mask[:-1]
+            grown[:-1] |= mask[1:]
+            grown[:, 1:] |= mask[:, :-1]
+            grown[:, :-1] |= mask[:, 1:]
+            grown &= near
+            if (grown == mask).all():
+                break
+            mask = grown
         if mask.mean() > self.max_fraction or not mask.any():
             return None
-        # a light, low-saturation backdrop (studio-like) so that it never reads as the product's colour
+        # a light, low-saturation backdrop so that it never reads as the product's colour
         grey = rng.randint(190, 250)
-        colour = np.array([min(255, max(0, grey + rng.randint(-12, 12))) for _ in range(3)], dtype=np.float32)
-        a[mask] = colour
+        a[mask] = np.array([min(255, max(0, grey + rng.randint(-12, 12))) for _ in range(3)], dtype=np.float32)
         return Image.fromarray(a.clip(0, 255).astype(np.uint8))
 
 
@@ -462,7 +477,11 @@ def augment_shards(cfg: AugmentConfig, overwrite: bool = False, scorer: Consiste
 def main(argv: list[str]) -> int:
     """`mmrep augment --shards DIR --out DIR [--config FILE] [--augment.key=value ...]`."""
     cfg_path, overrides, rest = config.split_config_args(argv)
-    parser = argparse.ArgumentParser(prog="mmrep augment", description=__doc__.split("\n\n")[0])
+    keys = ", ".join(f.name for f in dataclasses.fields(AugmentConfig))
+    parser = argparse.ArgumentParser(
+        prog="mmrep augment", description=__doc__.split("\n\n")[0],
+        epilog=f"Config: --config FILE (an `augment:` section) and --augment.KEY=VALUE overrides; keys: {keys}. "
+               f"Augmenters: {', '.join(sorted(AUGMENTERS))}.")
     parser.add_argument("--shards", help="input product shard set (a split folder)")
     parser.add_argument("--out", help="output root; the new set goes to OUT/<split>/")
     parser.add_argument("--split", help="output split name (default: the input's)")

@@ -62,7 +62,7 @@ class MetricsLogger:
     """Rank-0 sink for step metrics: W&B, `metrics.jsonl`, and the console."""
 
     def __init__(self, cfg: LoggingConfig, out_dir: str | Path, run_config: dict[str, Any], total_steps: int,
-                 start_step: int = 0, rank: int = 0):
+                 start_step: int = 0, rank: int = 0, append: bool = False):
         self.cfg = cfg
         self.rank = rank
         self.enabled = rank == 0
@@ -76,8 +76,8 @@ class MetricsLogger:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.jsonl:
-            # Append: a resumed run continues the same log (steps before the resume point are kept).
-            self._jsonl = open(self.out_dir / "metrics.jsonl", "a", buffering=1)
+            # A resumed run appends to its log (the steps before the resume point are kept).
+            self._jsonl = open(self.out_dir / "metrics.jsonl", "a" if append else "w", buffering=1)
         self.wandb_mode = resolve_wandb_mode(cfg.wandb)
         if self.wandb_mode != "disabled":
             self.wandb_run = self._init_wandb(run_config)

@@ -161,8 +161,10 @@ def symmetric_contrastive(
         valid = torch.ones(n, dtype=torch.bool, device=a.device)
     all_a, all_b = gather_with_grad(a), gather_with_grad(b)
     all_valid = gather_no_grad(valid)
-    mask_a2b = mask_b2a = all_valid[None, :].expand(n, -1)
+    # no mask at all when every row is valid and no ids are given (the plain CLIP case: no masked_fill)
+    mask_a2b = mask_b2a = None if bool(all_valid.all()) else all_valid[None, :].expand(n, -1)
     if ids is not None:
+        mask_a2b = mask_b2a = all_valid[None, :].expand(n, -1)
         ids_b = ids if ids_b is None else ids_b
         mask_a2b = mask_a2b & duplicate_mask(ids_b, gather_no_grad(ids_b))
         mask_b2a = mask_b2a & duplicate_mask(ids, gather_no_grad(ids))

@@ -372,12 +372,11 @@ class PosttrainObjective(Objective):
             tensors[f"emb/q_{v}"], tensors[f"valid/q_{v}"] = emb, valid
             if gates is not None:
                 tensors[f"gates/q_{v}"] = gates
-        if any(k.startswith("gates/") for k in tensors):  # same keys in every micro-batch (concat)
-            z = next(t.shape[1] for k, t in tensors.items() if k.startswith("gates/"))
-            for v in self.cfg.views:
-                tensors.setdefault(f"gates/q_{v}", q.image_mask.new_zeros(b, z, dtype=torch.float))
         pos = batch.positive
         tensors["emb/pos"], _ = enc(pos, pos.has_image | pos.has_text)
+        if enc.preference is not None:  # the same keys in every micro-batch and on every rank
+            for v in self.cfg.views:
+                tensors.setdefault(f"gates/q_{v}", q.image_mask.new_zeros(b, enc.preference.shape[0], dtype=torch.float))
         tensors["ids/pos"] = id_hash(batch.positive_ids)
         tensors["category"] = id_hash(batch.category)
         neg_mask = (_mask(batch.negative_mask).reshape(b, -1) if batch.negative_mask is not None
@@ -431,8 +430,9 @@ class PosttrainObjective(Objective):
         all_pos, all_ids = self._gather(pos), self._gather(pos_ids, grad=False)
         pool, pool_ids = [all_pos], [all_ids]
         pool_valid = [torch.ones(all_pos.shape[0], dtype=torch.bool, device=dev)]
-        if cfg.in_batch and k:
-            k_all = _global_max(k, dev) if cfg.gather else k
+        # every rank takes part in the same collectives, even one whose micro-batch has no negatives
+        k_all = (_global_max(k, dev) if cfg.gather else k) if (cfg.in_batch and cfg.triplet_negatives) else 0
+        if k_all:
             pool.append(self._gather(_pad_to(neg, (k_all, neg.shape[2]))).flatten(0, 1))
             pool_ids.append(self._gather(_pad_to(f["ids/neg"], (k_all,)), grad=False).flatten())
             pool_valid.append(self._gather(_pad_to(neg_mask, (k_all,)), grad=False).flatten())
@@ -510,8 +510,10 @@ class PosttrainObjective(Objective):
             return
         pos, ids = self._gather(feats["emb/pos"], grad=False), self._gather(feats["ids/pos"], grad=False)
         neg, mask = feats["emb/neg"], feats["valid/neg"]
-        if neg.shape[1]:
+        k_all = 0
+        if self.cfg.triplet_negatives:  # all ranks join the collective, whatever their own K
             k_all = _global_max(neg.shape[1], neg.device) if self.cfg.gather else neg.shape[1]
+        if k_all:
             neg = self._gather(_pad_to(neg, (k_all, neg.shape[2])), grad=False).flatten(0, 1)
             neg_ids = self._gather(_pad_to(feats["ids/neg"], (k_all,)), grad=False).flatten()
             keep = self._gather(_pad_to(mask, (k_all,)), grad=False).flatten()

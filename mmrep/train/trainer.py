@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import time
@@ -395,6 +396,11 @@ class Trainer:
                              "--overwrite=true to start over there, or choose another --output_dir")
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if has_run and self.cfg.overwrite and not self.cfg.checkpoint.resume:
+                # starting over (explicitly asked): the old run's checkpoints would be pruned in place of ours
+                for tag in ckpt.list_tags(self.ckpt_dir):
+                    shutil.rmtree(self.ckpt_dir / tag)
+                (self.ckpt_dir / ckpt.LATEST).unlink(missing_ok=True)
             stale = ckpt.clean_stale(self.ckpt_dir)
             if stale:
                 print(f"removed incomplete checkpoint(s) left by an interrupted save: {', '.join(stale)}", flush=True)
@@ -416,17 +422,25 @@ class Trainer:
         return build_encoder(self.cfg.model)
 
     def collator(self, train: bool = True):
-        from mmrep.data.readers import build_collator
+        """The Collator matching the encoder: its tokenizer, image size / normalisation, and crop view."""
+        import warnings
+
+        from mmrep.data.collate import Collator
         from mmrep.data.tokenize import ProductTokenizer
+        from mmrep.data.transforms import ImageTransform
+        from mmrep.model.crop import collator_hooks
 
         m = self.model_cfg
-        view = None
-        if getattr(m, "crop", "none") == "view":
-            from mmrep.model.crop import view_transform
 
-            view = view_transform(m)
-        return build_collator(ProductTokenizer(m.tokenizer), m.image_size, m.image_mean, m.image_std,
-                              self.cfg.data.max_images, train=train, seed=self.cfg.seed + self.rank, view_transform=view)
+        def transform(salt: int):
+            return ImageTransform(m.image_size, m.image_mean, m.image_std, train=train,
+                                  seed=self.cfg.seed + 7 * self.rank + salt)
+
+        view, prep = collator_hooks(m, transform(1))
+        if prep is not None:
+            warnings.warn("model.crop 'extra_image' is not applied by the training collator (no image hook in "
+                          "mmrep.data.collate); the items train on their original images only")
+        return Collator(ProductTokenizer(m.tokenizer), transform(0), self.cfg.data.max_images, view_transform=view)
 
     def _build_loader(self):
         from mmrep.data.readers import train_loader
@@ -539,7 +553,8 @@ class Trainer:
         cfg, o = self.cfg, self.cfg.optim
         if self.rank == 0:
             save_resolved(cfg, self.out_dir)
-        logger = MetricsLogger(cfg.logging, self.out_dir, to_dict(cfg), o.total_steps, self.step, self.rank)
+        logger = MetricsLogger(cfg.logging, self.out_dir, to_dict(cfg), o.total_steps, self.step, self.rank,
+                               append=bool(self.resumed_from))
         if self.resumed_from:
             logger.note(f"resumed from {self.ckpt_dir / self.resumed_from} at step {self.step}")
         stop = {"signal": False}

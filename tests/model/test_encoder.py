@@ -78,6 +78,10 @@ def test_sample_with_no_modality_raises():
     x.text_mask[5] = False
     with pytest.raises(ValueError, match=r"\[5\]"):
         enc(x)
+    with pytest.raises(ValueError, match="empty"):
+        enc(x.select([]))
+    with pytest.raises(ValueError, match="shapes"):
+        enc(EncoderInput(x.pixels, x.image_mask[:, :1], x.text_ids, x.text_types, x.text_mask))
 
 
 def check_batch_independence(enc, size: int = 32, n_batch: int = 64) -> float:
@@ -215,6 +219,20 @@ DEEPSPEED_SCRIPT = textwrap.dedent("""
         assert not missing, missing
         assert out.gates.shape == (8, 4)
         print("deepspeed ok", k, worst)
+    # under a DeepSpeed engine (which sets the expert groups itself), with MoE-aware param groups
+    import deepspeed
+    from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
+    torch.manual_seed(0)
+    enc = build_encoder(tiny_config("tiny.yaml", "--moe.backend=deepspeed"))
+    groups = split_params_into_different_moe_groups_for_optimizer({"params": list(enc.parameters()), "name": "all"})
+    engine, *_ = deepspeed.initialize(model=enc, optimizer=torch.optim.AdamW(groups, lr=1e-3),
+                                      config={"train_micro_batch_size_per_gpu": 8})
+    before = enc.layers[-1].ffn.moe.deepspeed_moe.gate.wg.weight.detach().clone()
+    out = engine(random_inputs(8, seed=1))
+    engine.backward(out.embedding[:, 0].sum() + out.aux_loss)
+    engine.step()
+    assert not torch.equal(before, enc.layers[-1].ffn.moe.deepspeed_moe.gate.wg.weight)
+    print("engine ok")
 """)
 
 
@@ -227,7 +245,7 @@ def test_deepspeed_backend_is_batch_independent_and_trains():
     proc = subprocess.run([sys.executable, "-c", DEEPSPEED_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("deepspeed ok") == 2
+    assert proc.stdout.count("deepspeed ok") == 2 and "engine ok" in proc.stdout
 
 
 def test_image_transform_matches_the_model(tmp_path):
@@ -243,3 +261,16 @@ def test_image_transform_matches_the_model(tmp_path):
     x = image_transform(cfg)(buf.getvalue())
     assert x.shape == (3, 32, 32)
     torch.testing.assert_close(x, torch.full((3, 32, 32), 2.0))  # (1 - 0.5) / 0.25
+
+
+@pytest.mark.parametrize("overrides", [(), ("--moe.mode=guided", "--moe.top_k=2")])
+def test_runs_under_bf16_autocast(overrides):
+    # GPU training runs under autocast; routing stays fp32, outputs come back fp32 and normalised.
+    enc = build("tiny.yaml", *overrides).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = enc(random_inputs(4, seed=0), torch.arange(4) % 3)
+    assert out.embedding.dtype == torch.float32 and out.gates.dtype == torch.float32
+    torch.testing.assert_close(out.embedding.norm(dim=-1), torch.ones(4))
+    (out.embedding.sum() + out.aux_loss).backward()
+    assert enc.preference_logits.grad is None or torch.isfinite(enc.preference_logits.grad).all()
+    assert enc.layers[-1].ffn.gate.weight.grad.abs().sum() > 0

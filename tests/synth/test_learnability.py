@@ -14,7 +14,7 @@ from PIL import Image
 from mmrep.synth.catalog import affinity
 from mmrep.synth.records import WorldRecords
 from mmrep.synth.world import WorldConfig
-from synth_helpers import SPLITS, ctr_table, read_products
+from synth_helpers import SPLITS, ctr_table, read_products, read_triplets
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
@@ -133,3 +133,17 @@ def test_views_of_an_item_are_closer_than_other_items_of_its_category(tiny_world
     # non-trivial: a random same-category item is often closer than the item's own second view
     p_closer = (same[:, None] < np.random.default_rng(0).choice(other, (1, 2000))).mean()
     assert 0.55 < p_closer < 0.9, p_closer
+
+
+def test_query_photos_resemble_their_purchase_more_than_the_skipped_items(tiny_world):
+    world, _ = tiny_world
+    wins = []
+    for s in SPLITS:
+        for t in read_triplets(world, s):
+            if not (t.query.has_image and t.positive.images):
+                continue
+            q = _pixels(t.query.images[0])
+            d_pos = min(np.linalg.norm(q - _pixels(b)) for b in t.positive.images)
+            wins += [d_pos < min(np.linalg.norm(q - _pixels(b)) for b in n.images) for n in t.negatives if n.images]
+    assert len(wins) > 500
+    assert 0.6 < np.mean(wins) < 0.95, np.mean(wins)  # findable, but a user photo is not a catalogue copy

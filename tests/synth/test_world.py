@@ -243,9 +243,12 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(MmrepError, match="--size"):
         resolve_config("huge")
     cfg_file = tmp_path / "w.yaml"
-    cfg_file.write_text("world:\n  n_items: 777\n  seed: 2\n")
+    cfg_file.write_text("world:\n  n_items: 777\n  seed: 2\ntrain:\n  lr: 0.1\n")  # other stages' sections
     cfg = resolve_config("small", str(cfg_file), ["--world.n_users=9"]).world
     assert (cfg.n_items, cfg.seed, cfg.n_users, cfg.n_queries) == (777, 2, 9, 6000)
+    cfg_file.write_text("wrld:\n  n_items: 777\n")
+    with pytest.raises(MmrepError, match="wrld"):
+        resolve_config("tiny", str(cfg_file))
 
 
 def test_image_size_format_and_view_count_are_configurable(tmp_path):

@@ -229,3 +229,30 @@ def test_consistency_filter_drops_mismatched_generations(tmp_path, monkeypatch, 
         assert got.title == p.title  # the wrong-colour rewrite was dropped
         want = np.array(COLOURS[p.title.split()[0]], dtype=np.float32)
         assert all(np.abs(dominant(img) - want).max() < 30 for img in got.images)  # no recoloured image kept
+
+
+def test_background_swap_on_real_catalogue_images_keeps_the_product():
+    """Myntra studio shots (white background, product touching the frame): the product's pixels stay."""
+    import csv
+
+    root = Path(__file__).resolve().parents[3] / "shared" / "data" / "fashion_product_images_small"
+    if not (root / "styles.csv").is_file():
+        pytest.skip("fashion_product_images_small is not available")
+    with open(root / "styles.csv", newline="") as f:
+        rows = [r for _, r in zip(range(10), csv.DictReader(f))]
+    swap, rng, changed = build_augmenter("background_swap"), random.Random(0), 0
+    for r in rows:
+        path = root / "images" / f"{r['id']}.jpg"
+        if not path.is_file():
+            continue
+        img = Image.open(path).convert("RGB")
+        out = swap(img, Product(id=r["id"]), rng)
+        if out is None:
+            continue
+        a, b = np.asarray(img, dtype=np.float32), np.asarray(out, dtype=np.float32)
+        diff = np.abs(a - b).sum(-1) > 0
+        bg = np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]), axis=0)  # the studio white
+        product_px = np.linalg.norm(a - bg, axis=-1) >= 30
+        assert not (diff & product_px).any()  # only background-coloured pixels were repainted
+        changed += int(diff.mean() > 0.3)
+    assert changed >= 5

@@ -42,11 +42,14 @@ def rank_slice(batch, rank: int, world_size: int):
                         batch.positive_ids[rows], batch.negative_ids[rows])
 
 
-def overrides(world: Path, out: Path, steps: int, world_size: int) -> list[str]:
+TOTAL_STEPS = 5
+
+
+def overrides(world: Path, out: Path, world_size: int) -> list[str]:
     from conftest import train_overrides
 
     return train_overrides(world, out, STAGE, init_from="", **{
-        "data.batch_size": GLOBAL_BATCH // world_size, "optim.total_steps": steps, "optim.warmup_steps": 0,
+        "data.batch_size": GLOBAL_BATCH // world_size, "optim.total_steps": TOTAL_STEPS, "optim.warmup_steps": 1,
         "deepspeed.config": "configs/deepspeed/zero2.json", "checkpoint.keep_last": 3,
         # the MoE load-balancing loss is per encoder call, i.e. per rank's micro-batch (as in any
         # expert-parallel MoE): the one term that legitimately differs; every other term is global
@@ -54,7 +57,8 @@ def overrides(world: Path, out: Path, steps: int, world_size: int) -> list[str]:
 
 
 def worker(argv: list[str]) -> None:
-    """One rank: train steps [resumed step, --steps) on this rank's half of the fixed global batches."""
+    """One rank: train up to step --steps (of TOTAL_STEPS) on its half of the fixed global batches; running
+    out of batches ends the run with a checkpoint, as a time budget would."""
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import REPO
     from mmrep.train.trainer import Trainer, load_config
@@ -68,7 +72,7 @@ def worker(argv: list[str]) -> None:
     args, _ = ap.parse_known_args(argv)
     extra = ["--checkpoint.resume=latest"] if args.resume else []
     cfg = load_config(str(REPO / "configs/train" / f"{STAGE}-tiny.yaml"),
-                      overrides(args.world, args.out, args.steps, 2) + extra)
+                      overrides(args.world, args.out, 2) + extra)
     trainer = Trainer(cfg, build_loader=False)
     batches = [rank_slice(b, trainer.rank, trainer.world) for b in global_batches(trainer, args.world, args.steps)]
     trainer.fit(batches[trainer.step:])
@@ -108,7 +112,7 @@ def test_two_ranks_zero2_match_one_process_and_resume(th, tiny_world, tmp_path):
 
     # the same five global batches in this process (one rank, ZeRO-2)
     single = tmp_path / "one"
-    cfg = load_config(str(th.repo / "configs/train" / f"{STAGE}-tiny.yaml"), overrides(tiny_world, single, 5, 1))
+    cfg = load_config(str(th.repo / "configs/train" / f"{STAGE}-tiny.yaml"), overrides(tiny_world, single, 1))
     trainer = Trainer(cfg, build_loader=False)
     trainer.fit(global_batches(trainer, tiny_world, 5))
     one = losses(single)

@@ -50,6 +50,7 @@ def test_info_nce_without_pool_uses_only_explicit_negatives():
     assert torch.allclose(alone, torch.zeros(2), atol=1e-6)
 
 
+@pytest.mark.slow  # imports open_clip (~5 s on the shared CPU)
 def test_symmetric_matches_open_clip_clip_loss_and_masks_duplicates():
     from open_clip.loss import ClipLoss
 

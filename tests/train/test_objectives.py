@@ -320,8 +320,13 @@ def _posttrain_rank(rank, store, prev, cur, out):
         half = cur.batch_size // 2
         rows = slice(rank * half, (rank + 1) * half)
         obj = PosttrainObjective(LossConfig(hard_k=2, queue_size=64), 16)
-        obj.after_step(slice_features(prev, rows))
-        share = obj.loss(slice_features(cur, rows), 4, 10)
+        mine_prev, mine = slice_features(prev, rows), slice_features(cur, rows)
+        if rank == 1:  # this rank's triplets have no negatives at all: K = 0 here, K = 3 on rank 0
+            for f in (mine_prev, mine):
+                for key in ("emb/neg", "valid/neg", "ids/neg"):
+                    f.tensors[key] = f.tensors[key][:, :0]
+        obj.after_step(mine_prev)
+        share = obj.loss(mine, 4, 10)
         total = share.loss.detach().clone()
         dist.all_reduce(total)
         out.put((rank, float(total) / 2, len(obj.queue), share.metrics["omega/mm"]))
@@ -332,6 +337,9 @@ def _posttrain_rank(rank, store, prev, cur, out):
 @pytest.mark.slow
 def test_two_rank_posttrain_loss_equals_single_process_loss(tmp_path):
     prev, cur = synthetic_features(8, 3, 16, seed=1), synthetic_features(8, 3, 16, seed=2)
+    for f in (prev, cur):  # rows 4..7 (rank 1's) carry no negatives
+        f.tensors["valid/neg"][4:] = False
+        f.tensors["emb/neg"][4:] = 0
     single = PosttrainObjective(LossConfig(hard_k=2, queue_size=64), 16)
     single.after_step(prev)
     ref = single.loss(cur, 4, 10)
@@ -339,3 +347,22 @@ def test_two_rank_posttrain_loss_equals_single_process_loss(tmp_path):
     assert results[0][1] == pytest.approx(ref.loss.item(), abs=1e-5)
     assert results[0][2] == len(single.queue)  # every rank queued the global batch
     assert results[0][3] == pytest.approx(ref.metrics["omega/mm"], abs=1e-6)  # ω over the global batch
+
+
+def test_omega_is_the_moe_support_over_valid_views_and_detached_by_default(encoder, collator):
+    from mmrep.model.moe import objective_weights
+
+    batch = collator.triplets(triplets(6))
+    for omega_grad in (False, True):
+        enc = copy.deepcopy(encoder)
+        obj = objective(enc, omega_grad=omega_grad, aux_coef=0.0, sparsity_coef=0.0)
+        feats = obj.features(enc, batch)
+        out = obj.loss(feats)
+        gates = torch.cat([feats[f"gates/q_{v}"][feats[f"valid/q_{v}"]] for v in ("t", "i", "mm")])
+        ids = torch.cat([torch.full((int(feats[f"valid/q_{v}"].sum()),), i) for i, v in enumerate(("t", "i", "mm"))])
+        ref = objective_weights(gates.detach(), feats.preference.detach(), ids)
+        assert [out.metrics[f"omega/{v}"] for v in ("t", "i", "mm")] == pytest.approx(ref.tolist(), abs=1e-6)
+        out.loss.backward()
+        grad = enc.preference_logits.grad
+        moved = grad is not None and grad.abs().sum().item() > 0
+        assert moved == omega_grad  # W* learns through ω only when asked (sparsity/aux terms are off here)

@@ -1,13 +1,13 @@
 """Trainer throughput: the mmrep DeepSpeed trainer next to a bare PyTorch loop, in the same run.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_trainer.py [--batch 32] [--steps 8] [--rounds 3]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_trainer.py [--batch 32] [--steps 8] [--rounds 3] [--zero 0]
 
 Both sides train on the same in-memory batches (a generated world, decoded and collated once, so the
 data pipeline is not part of either number):
   bare    open_clip `CLIP` (configs/model/clip-small.yaml's towers) + `open_clip.ClipLoss` + torch AdamW,
           a plain `loss.backward(); clip_grad_norm_; opt.step()` loop
   mmrep   `Trainer.train_step` with the same dense model (backbone clip) and the pretrain objective
-          (image<->text contrastive, learnable temperature): DeepSpeed engine (ZeRO-1, fp32), grad clipping,
+          (image<->text contrastive, learnable temperature): DeepSpeed engine (ZeRO --zero, fp32), grad clipping,
           warmup-cosine LR, metrics
   moe     the same trainer step on configs/model/small.yaml (fusion backbone + modality MoE)
 Rounds alternate bare / mmrep so that a shared CPU's load drifts over both equally; samples/s is the
@@ -39,13 +39,13 @@ def make_batches(world: Path, collator, batch: int, n: int) -> list:
     return [collator.products(products[i * batch:(i + 1) * batch]) for i in range(n)]
 
 
-def trainer_for(world: Path, out: Path, model: str, batch: int):
+def trainer_for(world: Path, out: Path, model: str, batch: int, zero: int = 0):
     from mmrep.train.trainer import Trainer, load_config
 
     overrides = [f"--model={REPO / 'configs/model' / model}", f"--data.shards={world / 'items/train'}",
                  f"--data.batch_size={batch}", "--data.max_images=1", "--loss.matryoshka_dims=[]",
                  "--optim.total_steps=1000", "--optim.warmup_steps=10", f"--output_dir={out}",
-                 "--logging.wandb=disabled", "--deepspeed.config=configs/deepspeed/zero1.json"]
+                 "--logging.wandb=disabled", f"--deepspeed.config=configs/deepspeed/zero{zero}.json"]
     return Trainer(load_config(str(REPO / "configs/train/pretrain-tiny.yaml"), overrides), build_loader=False)
 
 
@@ -93,6 +93,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--items", type=int, default=300)
     ap.add_argument("--no-moe", action="store_true")
+    ap.add_argument("--zero", type=int, default=0, choices=(0, 1, 2), help="ZeRO stage of the mmrep side")
     args = ap.parse_args()
     from mmrep.model.clip import clip_model_cfg
     from mmrep.synth.world import WorldConfig, generate_world
@@ -101,7 +102,7 @@ def main() -> int:
     world = tmp / "world"
     generate_world(WorldConfig(seed=0, n_items=args.items, n_users=50, n_queries=100, image_size=64,
                                sessions_per_user=5.0), world)
-    trainer = trainer_for(world, tmp / "dense", "clip-small.yaml", args.batch)
+    trainer = trainer_for(world, tmp / "dense", "clip-small.yaml", args.batch, args.zero)
     batches = make_batches(world, trainer.collator(train=False), args.batch, 4)
     bare = BareClip(clip_model_cfg(trainer.model_cfg))
     bare_inputs = {id(b): bare.inputs(b) for b in batches}
@@ -122,9 +123,9 @@ def main() -> int:
     b, m = statistics.median(bare_rates), statistics.median(mmrep_rates)
     print(f"dense clip-small, batch {args.batch}, {torch.get_num_threads()} threads")
     print(f"  bare open_clip CLIP + ClipLoss loop : {b:8.1f} samples/s")
-    print(f"  mmrep trainer (DeepSpeed ZeRO-1)    : {m:8.1f} samples/s   ratio {m / b:.2f}x (target >= 0.9x)")
+    print(f"  mmrep trainer (DeepSpeed ZeRO-{args.zero})    : {m:8.1f} samples/s   ratio {m / b:.2f}x (target >= 0.9x)")
     if not args.no_moe:
-        moe = trainer_for(world, tmp / "moe", "small.yaml", args.batch)
+        moe = trainer_for(world, tmp / "moe", "small.yaml", args.batch, args.zero)
         moe_batches = make_batches(world, moe.collator(train=False), args.batch, 4)
         rate(lambda x: moe.train_step([x]), moe_batches, 2)
         moe_rates = [rate(lambda x: moe.train_step([x]), moe_batches, args.steps) for _ in range(args.rounds)]

@@ -3,6 +3,7 @@
     mmrep eval mbe --make-bench --from-shards /tmp/fashion_shards/test --out BENCH [--max-items N]
     mmrep eval mbe --make-bench --from-world WORLD [--split test] --out BENCH
     mmrep eval mbe --bench BENCH --encoder-config configs/model/tiny.yaml --encoder RUN/encoder --out REPORT
+        (columns in command-line order; CONFIG@SEED gives a random-init column its own seed)
     mmrep eval image-search --encoder RUN/encoder --items SHARDS --query-set augment|crop|heldout --out REPORT
     mmrep eval image-search --queries-emb Q --gallery-emb G --gt gt.json [--distractors-emb D] --out REPORT
 """
@@ -35,8 +36,20 @@ def _open_encoders(specs: Sequence[tuple[str, str]], seed: int, max_images: int)
 
     if not specs:
         raise MmrepError("no encoder: pass --encoder RUN/encoder and/or --encoder-config configs/model/tiny.yaml")
-    return [open_encoder(path=v, max_images=max_images) if kind == "dir" else
-            open_encoder(config=v, seed=seed, max_images=max_images) for kind, v in specs]
+    handles = []
+    for kind, value in specs:
+        if kind == "dir":
+            handles.append(open_encoder(path=value, max_images=max_images))
+            continue
+        path, _, suffix = value.rpartition("@") if "@" in value else (value, "", "")
+        if suffix and not suffix.isdigit():
+            raise MmrepError(f"--encoder-config {value!r}: the part after @ must be an integer seed (e.g. tiny.yaml@1)")
+        handles.append(open_encoder(config=path, seed=int(suffix) if suffix else seed, max_images=max_images))
+    names = [h.name for h in handles]
+    for i, h in enumerate(handles):  # report columns need distinct names
+        if names.count(h.name) > 1:
+            h.name = f"{h.name} #{names[: i + 1].count(h.name)}"
+    return handles
 
 
 def _check_out(out: str | None, stem: str, overwrite: bool) -> Path:
@@ -70,8 +83,9 @@ def mbe_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="(make-bench) benchmark name")
     p.add_argument("--bench", help="benchmark folder to evaluate on")
     p.add_argument("--encoder", action=_EncoderSpec, help="encoder dir (repeatable: one report column each)")
-    p.add_argument("--encoder-config", action=_EncoderSpec, help="model config YAML: random-init baseline column")
-    p.add_argument("--seed", type=int, default=0, help="seed of random-init encoders")
+    p.add_argument("--encoder-config", action=_EncoderSpec,
+                   help="model config YAML: random-init baseline column (CONFIG@SEED picks its seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random-init encoders without @SEED")
     p.add_argument("--items-emb", help="precomputed mm item embeddings (mmrep export of BENCH/items); one encoder only")
     p.add_argument("--out", help="report folder (report.json + report.md) / benchmark folder with --make-bench")
     p.add_argument("--overwrite", action="store_true")
@@ -213,10 +227,14 @@ def _stream_gallery(gallery: list[str], relevant: set[str]):
     rel_ids: list[str] = []
     rel_rows: list[np.ndarray] = []
     seen: set[str] = set()
+    repeats = 0  # relevant ids stored twice (gallery and distractors): streamed once
     for p in gallery:
         for ids, emb in iter_parts(p):
             for j, i in enumerate(ids):
-                if i in relevant and i not in seen:
+                if i in relevant:
+                    if i in seen:
+                        repeats += 1
+                        continue
                     seen.add(i)
                     rel_ids.append(i)
                     rel_rows.append(emb[j].astype(np.float32))
@@ -230,15 +248,21 @@ def _stream_gallery(gallery: list[str], relevant: set[str]):
                 if keep.any():
                     yield emb[keep].astype(np.float32)
 
-    return rel_ids, dim, chunks
+    total = sum(int(m["count"]) for m in metas) - repeats
+    return rel_ids, dim, total, chunks
 
 
 def image_search_main(argv: list[str]) -> int:
+    from mmrep.config import save_resolved
     from mmrep.evaluation.image_search import SearchConfig, default_sizes, evaluate_embeddings
     from mmrep.evaluation.report import write_report
 
     args = image_search_parser().parse_args(argv)
-    ks = sorted({int(k) for k in _csv_list(args.ks, [])})
+    try:
+        ks = sorted({int(k) for k in _csv_list(args.ks, [])})
+        sizes = [int(s) for s in _csv_list(args.sizes, [])]
+    except ValueError:
+        raise MmrepError("--ks and --sizes take comma-separated integers, e.g. --ks 1,10,100") from None
     if not ks or ks[0] < 1:
         raise MmrepError("--ks must list positive integers")
     out = _check_out(args.out, "image_search", args.overwrite)
@@ -250,43 +274,43 @@ def image_search_main(argv: list[str]) -> int:
             raise MmrepError("image-search evaluates one encoder at a time: pass one --encoder or --encoder-config")
         q_emb, positives, gallery, total, n_rel, source = _encoder_queries(args, specs[0])
     else:
-        if not (args.queries_emb and args.gallery_emb and args.gt):
-            raise MmrepError("pass --queries-emb, --gallery-emb and --gt (or --encoder with --items)")
-        q_meta, (q_ids, q_emb) = _load_emb(args.queries_emb, "queries")
-        gt = read_ground_truth(args.gt)
-        relevant = {i for q in q_ids for i in gt.get(q, [])}
-        rel_ids, dim, chunks = _stream_gallery([args.gallery_emb, *args.distractors_emb], relevant)
-        if q_emb.shape[1] != dim:
-            raise MmrepError(f"query embeddings are {q_emb.shape[1]}-d but the gallery is {dim}-d; export both with the "
-                             "same encoder and --dim")
-        where = {i: j for j, i in enumerate(rel_ids)}
-        keep, positives = [], []
-        for j, q in enumerate(q_ids):
-            pos = sorted(where[i] for i in gt.get(q, []) if i in where)
-            if pos:
-                keep.append(j)
-                positives.append(pos)
-        if not positives:
-            raise MmrepError("no query has a ground-truth item in the gallery: check --gt ids against the exports")
-        q_emb = q_emb[keep]
-        from mmrep.export.format import read_index
-
-        total = sum(int(read_index(p)["count"]) for p in [args.gallery_emb, *args.distractors_emb])
-        gallery = chunks()
-        n_rel = len(rel_ids)
-        source = {"queries": args.queries_emb, "gallery": args.gallery_emb, "distractors": args.distractors_emb,
-                  "dropped_queries": len(q_ids) - len(keep)}
-    sizes = [int(s) for s in _csv_list(args.sizes, [])] if args.sizes else default_sizes(total, n_rel)
-    sizes = sorted(set(min(s, total) for s in sizes))
+        q_emb, positives, gallery, total, n_rel, source = _file_queries(args)
+    sizes = sorted(set(min(s, total) for s in (sizes or default_sizes(total, n_rel))))
     if sizes and sizes[0] < n_rel:
         raise MmrepError(f"gallery size {sizes[0]} is smaller than the {n_rel} ground-truth items; every size "
                          "must hold them (they come first)")
     report = evaluate_embeddings(q_emb, gallery, positives, scfg, sizes, ks)
-    report.source = source
+    report.source = source | {"sizes": sizes, "ks": ks}
     md = report.markdown()
     write_report(out, report.to_dict(), md, stem="image_search")
+    save_resolved(scfg, out, "image_search.yaml")
     print(md)
     return 0
+
+
+def _file_queries(args: argparse.Namespace):
+    """Queries, ground truth and a streamed gallery from export folders (--queries-emb/--gallery-emb/--gt)."""
+    if not (args.queries_emb and args.gallery_emb and args.gt):
+        raise MmrepError("pass --queries-emb, --gallery-emb and --gt (or --encoder with --items)")
+    _, (q_ids, q_emb) = _load_emb(args.queries_emb, "queries")
+    gt = read_ground_truth(args.gt)
+    paths = [args.gallery_emb, *args.distractors_emb]
+    rel_ids, dim, total, chunks = _stream_gallery(paths, {i for q in q_ids for i in gt.get(q, [])})
+    if q_emb.shape[1] != dim:
+        raise MmrepError(f"query embeddings are {q_emb.shape[1]}-d but the gallery is {dim}-d; export both with the "
+                         "same encoder and --dim")
+    where = {i: j for j, i in enumerate(rel_ids)}
+    keep, positives = [], []
+    for j, q in enumerate(q_ids):
+        pos = sorted(where[i] for i in gt.get(q, []) if i in where)
+        if pos:
+            keep.append(j)
+            positives.append(pos)
+    if not positives:
+        raise MmrepError("no query has a ground-truth item in the gallery: check --gt ids against the exports")
+    source = {"queries": args.queries_emb, "gallery": args.gallery_emb, "distractors": args.distractors_emb,
+              "dropped_queries": len(q_ids) - len(keep)}
+    return q_emb[keep], positives, chunks(), total, len(rel_ids), source
 
 
 def _encoder_queries(args: argparse.Namespace, spec: tuple[str, str]):

@@ -68,6 +68,7 @@ def _query_ok(q, view: str) -> bool:
 def _ranks(q_emb: np.ndarray, g_emb: np.ndarray, positives: list[list[int]], chunk: int) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     g = torch.from_numpy(g_emb)
+    chunk = max(1, min(chunk, (1 << 26) // max(1, g.shape[0])))  # score block <= 64M floats (256 MB)
     for s in range(0, len(positives), chunk):
         scores = torch.from_numpy(q_emb[s : s + chunk]) @ g.T
         out += metrics.positive_ranks(scores, positives[s : s + chunk])

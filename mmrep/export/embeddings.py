@@ -313,7 +313,8 @@ def plan_parts(shards: str | Path, part_size: int) -> list[Part]:
 def _settings(cfg: ExportConfig, handle: EncoderHandle) -> dict[str, str]:
     """What a part's contents depend on: a finished part is reused only when all of these match."""
     return {"fingerprint": handle.fingerprint, "kind": cfg.kind, "view": cfg.resolved_view,
-            "dim": str(cfg.dim or handle.embed_dim), "dtype": cfg.dtype, "max_images": str(cfg.max_images)}
+            "dim": str(cfg.dim or handle.embed_dim), "dtype": cfg.dtype, "max_images": str(cfg.max_images),
+            "part_size": str(cfg.part_size)}
 
 
 def part_is_done(file: Path, part: Part, settings: dict[str, str]) -> bool:
@@ -330,6 +331,8 @@ def part_is_done(file: Path, part: Part, settings: dict[str, str]) -> bool:
         raise MmrepError(f"{file.parent} holds parts exported with other settings "
                          f"({', '.join(f'{k}={meta.get(k)}' for k in settings if meta.get(k) != settings[k])}); "
                          "pass --overwrite or use a new --out")
+    if meta.get("source") != str(part.url) or meta.get("start") != str(part.start):
+        return False  # another input (or the data moved): recompute
     if part.expected is None:
         return True
     return int(meta.get("count", -1)) + int(meta.get("skipped", -1)) == part.expected
@@ -378,6 +381,9 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if overwrite:
         for p in list(out.iterdir()):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+    # Temp files of a killed run (SIGKILL skips atomic_write's cleanup); never visible as parts.
+    for p in out.glob(".part-*.tmp"):
+        p.unlink(missing_ok=True)
 
 
 def export(cfg: ExportConfig, handle: EncoderHandle | None = None) -> dict[str, Any]:
@@ -455,6 +461,8 @@ def _export_parts(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], ou
                 if not has_view(record, view):
                     raise CorruptSample(f"{record.id} has no {view} modality", key=record.id, reason="empty_sample",
                                         detail=f"no {view} modality to embed")
+                # Decode now so that a corrupt image skips its sample instead of failing a whole batch.
+                handle.collator.prepare(record)
                 records.append(record)
             except CorruptSample as e:
                 if cfg.strict:

@@ -92,8 +92,19 @@ def _open(image: ImageLike) -> Image.Image:
         raise MmrepError(f"core-region crop: image bytes cannot be decoded ({e}); drop or re-encode the image") from None
 
 
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited on white (catalogue backgrounds)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "P"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 class CoreRegionCrop:
-    """image (PIL or encoded bytes) -> the cropped product region, same kind as given (bytes re-encoded)."""
+    """image (PIL or encoded bytes) -> the cropped product region, same kind as given (bytes: re-encoded JPEG)."""
 
     def __init__(self, name: str = "border", **kwargs):
         if name not in CROPPERS:
@@ -109,8 +120,7 @@ class CoreRegionCrop:
         if isinstance(image, Image.Image):
             return cropped
         buf = io.BytesIO()
-        fmt = "PNG" if img.mode in ("RGBA", "LA", "P") else "JPEG"
-        cropped.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        _to_rgb(cropped).save(buf, format="JPEG", quality=95)  # always JPEG: callers label crops "jpg"
         return buf.getvalue()
 
 

@@ -116,12 +116,21 @@ def build_augmenter(name: str, options: dict[str, Any] | None = None) -> TitleAu
 
 
 def product_entities(p: Product) -> list[str]:
-    """The entities a rewrite must keep: attribute values and the finest category."""
-    ents = [str(v).strip() for v in p.attributes.values() if str(v).strip()]
+    """The entities a rewrite must keep: word-valued attributes and the finest category (numbers such
+    as prices are not title entities)."""
+    ents = [str(v).strip() for v in p.attributes.values() if str(v).strip() and not _is_number(str(v))]
     if p.category:
         ents.append(str(p.category[-1]).strip())
     seen: set[str] = set()
     return [e for e in ents if not (e.lower() in seen or seen.add(e.lower()))]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", ""))
+        return True
+    except ValueError:
+        return False
 
 
 def ensure_entities(title: str, p: Product) -> str:

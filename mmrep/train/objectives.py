@@ -57,7 +57,7 @@ class LossConfig:
     # (with in_batch on they are also in the pool: counted twice, i.e. up-weighted hard negatives)
     hard_negatives: bool = True
     hard_k: int = 4
-    # dynamic sample filtering
+    # dynamic sample filtering (judged on each triplet's hardest own negative: needs triplet_negatives)
     filtering: bool = True
     filter_kappa: float = 10.0
     margin_start: float = 0.1
@@ -65,7 +65,8 @@ class LossConfig:
     margin_schedule: Literal["linear", "cosine", "constant"] = "linear"
     filter_threshold: float = 0.6
     filter_down_weight: float = 0.1
-    # Matryoshka: loss averaged over these leading sub-dims (empty = full dim only)
+    # Matryoshka: loss averaged over these leading sub-dims (empty = full dim only; list the full dim
+    # too, e.g. [64, 128, 256], or it is not trained directly)
     matryoshka_dims: list[int] = field(default_factory=list)
     matryoshka_weights: list[float] = field(default_factory=list)
     # regularisers and pretraining

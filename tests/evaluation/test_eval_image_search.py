@@ -100,3 +100,14 @@ def test_cli_with_encoder(query_set, encoder_dir, products_dir, tmp_path):
     n = 4 if query_set == "heldout" else 13  # items with >= 2 images: 0, 4, 8, 12
     assert rep["queries"] == n and rep["rows"][-1]["gallery"] == n
     assert 0.0 <= rep["rows"][-1]["R@1"] <= rep["rows"][-1]["R@5"] <= 1.0
+
+
+def test_encoder_queries_against_exported_gallery(encoder_dir, products_dir, tmp_path):
+    base = ["eval", "image-search", "--encoder", str(encoder_dir), "--items", str(products_dir), "--ks", "1,5"]
+    assert mmrep_main(["export", "--encoder", str(encoder_dir), "--shards", str(products_dir),
+                       "--out", str(tmp_path / "emb"), "--no-progress"]) == 0
+    assert mmrep_main([*base, "--gallery-emb", str(tmp_path / "emb"), "--out", str(tmp_path / "a")]) == 0
+    assert mmrep_main([*base, "--out", str(tmp_path / "b")]) == 0
+    a = json.loads((tmp_path / "a" / "image_search.json").read_text())["rows"]
+    b = json.loads((tmp_path / "b" / "image_search.json").read_text())["rows"]
+    assert a == b  # the exported gallery and the in-process one rank identically

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmrep.cli import main as mmrep_main
+from mmrep.errors import MmrepError
 from mmrep.evaluation import benchmark as bm
 from mmrep.export.embeddings import embed_records, open_encoder, save_embeddings
 from mmrep.records import Product
@@ -32,7 +33,7 @@ def test_catalogue_bench_layout(bench, products_dir):
     item = b.items[1]
     assert "gender" not in item.attributes and item.category == [] and item.labels["gender"] == "Men"
     assert b.queries[1].text == item.title and b.queries[1].images[0] != item.images[0]
-    with pytest.raises(Exception, match="--overwrite"):
+    with pytest.raises(MmrepError, match="--overwrite"):
         bm.from_catalogue(products_dir, bench)
 
 

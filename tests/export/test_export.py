@@ -14,7 +14,7 @@ from mmrep.errors import MmrepError
 from mmrep.export import embeddings as ex
 from mmrep.export.format import INDEX, load_embeddings, read_part
 
-from export_helpers import write_products
+from export_helpers import image_bytes, write_products
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,8 @@ def test_refuses_to_clobber_and_other_encoders(handle, encoder_dir, products_dir
         run(other, products_dir, out)
     with pytest.raises(MmrepError, match="settings"):
         run(handle, products_dir, out, dim=8)
+    with pytest.raises(MmrepError, match="part_size=3"):  # other chunking: parts would not line up
+        run(handle, products_dir, out, part_size=4)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
@@ -156,3 +158,67 @@ def test_cli_errors_are_one_line(encoder_dir, products_dir, tmp_path, capsys):
                        "--out", str(tmp_path / "o"), "--no-progress", "--export.part_size=4"]) == 0
     assert json.loads((tmp_path / "o" / INDEX).read_text())["count"] == 13
     assert len(list((tmp_path / "o").glob("part-*"))) == 5  # ceil(5/4) + ceil(5/4) + 1
+
+
+def test_corrupt_samples_are_skipped_and_counted(handle, tmp_path):
+    from mmrep.data.shards import ShardWriter
+    from mmrep.records import Product, sample_key
+
+    shards = tmp_path / "bad"
+    with ShardWriter(shards, "bad", 10) as w:
+        for i in range(5):
+            p = Product(id=f"p{i}", title=f"item {i}", images=[b"not an image" if i == 2 else image_bytes(i)])
+            w.write({"__key__": sample_key(p.id), **p.to_sample()})
+    index = run(handle, shards, tmp_path / "emb")
+    assert index["count"] == 4 and index["skipped"] == 1
+    assert load_embeddings(tmp_path / "emb")[0] == ["p0", "p1", "p3", "p4"]
+    with pytest.raises(MmrepError, match="corrupt sample"):
+        run(handle, shards, tmp_path / "strict", strict=True)
+
+
+def test_img2dataset_folder_without_manifest(handle, tmp_path):
+    import webdataset as wds
+
+    d = tmp_path / "i2d"
+    d.mkdir()
+    for s in range(2):
+        with wds.TarWriter(str(d / f"{s:05d}.tar")) as w:
+            for i in range(3):
+                key = f"{s}{i:04d}"
+                w.write({"__key__": key, "jpg": image_bytes(10 * s + i), "txt": f"caption {key}",
+                         "json": json.dumps({"key": key, "url": "http://x"}).encode()})
+    index = run(handle, d, tmp_path / "emb")
+    assert [p["name"] for p in index["parts"]] == ["part-00000-00000.safetensors", "part-00001-00000.safetensors"]
+    assert index["count"] == 6
+
+
+@pytest.mark.slow
+def test_killed_export_process_resumes(handle, encoder_dir, tmp_path):
+    """SIGKILL the real CLI right after its first part appears; the rerun completes the export."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shards = tmp_path / "many"
+    write_products(shards, 40, shard_size=40)
+    out = tmp_path / "emb"
+    cmd = [sys.executable, "-m", "mmrep.cli", "export", "--encoder", str(encoder_dir), "--shards", str(shards),
+           "--out", str(out), "--part-size", "1", "--batch-size", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(out.glob("part-*.safetensors")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    parts = list(out.glob("part-*.safetensors"))
+    assert parts and not (out / INDEX).exists()
+    for p in parts:  # whatever is visible under a final name is complete
+        assert read_part(p)[1].shape == (1, 16)
+    index = run(handle, shards, out, part_size=1)
+    assert not list(out.glob(".*tmp")) and index["count"] == 40
+    ids, emb = load_embeddings(out)
+    assert ids == [f"item-{i:03d}" for i in range(40)]
+    products = list(iter_products(str(shards)))
+    np.testing.assert_allclose(emb, ex.embed_records(handle, products, "mm", batch_size=8), atol=1e-5)

@@ -103,3 +103,13 @@ def test_bad_checkpoint_path_is_a_user_error(tmp_path):
         build(f"--mllm.path={tmp_path / 'missing'}")
     with pytest.raises(MmrepError, match="image_size"):
         tiny_config("mllm-tiny.yaml", "--image_size=24")
+
+
+def test_qwen2_5_vl_family_builds_and_is_batch_independent():
+    enc = build("--mllm.family=qwen2_5_vl").eval()
+    assert type(enc.model).__name__ == "Qwen2_5_VLModel"
+    x = random_inputs(8, n=2, length=10, seed=0)
+    with torch.no_grad():
+        full = enc(x).embedding
+        worst = max((enc(x.select([i])).embedding - full[i]).abs().max().item() for i in range(8))
+    assert worst < 1e-5

@@ -100,6 +100,8 @@ def test_builtin_augmenters_preserve_the_product():
     with pytest.raises(MmrepError, match="augment.options.flip"):
         build_augmenter("flip", {"bogus": 1})
     assert augment.ensure_entities("nice tee", p) == "nice tee Red Casual Shoes"
+    priced = Product(id="x", title="tee", attributes={"colour": "red", "price": "19.99"})
+    assert augment.product_entities(priced) == ["red"]  # a price is not a title entity
 
 
 @pytest.mark.parametrize("split", ["test", "val", "Eval"])

@@ -95,7 +95,10 @@ def main() -> None:
     emb = work / "emb"
     emb.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    make_data(emb / "embeddings.npy", n, args.dim)
+    # in a child: writing the file raises this process's RSS, and a forked child inherits that
+    # high-water mark in ru_maxrss, which would pollute the measurements below
+    subprocess.run([sys.executable, __file__, "--make-data", str(emb / "embeddings.npy"), str(n), str(args.dim)],
+                   check=True)
     print(f"data: {n} x {args.dim} float32 ({n * args.dim * 4 / 2**20:.0f} MiB) written in "
           f"{time.perf_counter() - t0:.1f}s to {emb}")
     print(f"threads: OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}, cpus={os.cpu_count()}")
@@ -133,4 +136,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 5 and sys.argv[1] == "--make-data":
+        make_data(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        main()

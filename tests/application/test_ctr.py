@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_world, noisy_embeddings
+from click_world import make_world, noisy_embeddings
 from mmrep.application import ctr
 from mmrep.application.cli import ctr_main, quantize_main
 from mmrep.application.embeddings import save_item_embeddings

@@ -180,14 +180,17 @@ def run(cfg: RunConfig, fresh: bool = False) -> dict[str, Any]:
 
     final = list(versions)[-1]
     app = cfg.application
+    # The world's own CTR split: later impressions are the test set, incl. items launched after it.
+    split_time = json.loads((world / "world.json").read_text()).get("ctr_split_time")
+    app_overrides = [f"--ctr.seeds={app.ctr_seeds}"] + ([f"--ctr.split_time={split_time}"] if split_time else [])
+    if app.ctr_epochs:
+        app_overrides.append(f"--ctr.epochs={app.ctr_epochs}")
     codes = out / "codes"
     job.step("quantize", ["quantize", "--emb", str(version_dirs[final]), "--out", str(codes), "--levels", str(app.levels),
                           "--centroids", str(app.centroids), "--vq-k", str(app.vq_k), "--overwrite"])
     ctr_args = ["ctr", "--log", str(world / "interactions.csv"), "--features", ",".join(app.ctr_features),
-                "--emb", str(version_dirs[final]), "--codes", str(codes), "--seeds", str(app.ctr_seeds),
-                "--out", str(out / "ctr"), "--overwrite"]
-    if app.ctr_epochs:
-        ctr_args += ["--epochs", str(app.ctr_epochs)]
+                "--emb", str(version_dirs[final]), "--codes", str(codes), "--out", str(out / "ctr"), "--overwrite",
+                *app_overrides]
     job.step("ctr", ctr_args)
 
     if cfg.exchange_rate and len(version_dirs) >= 2:
@@ -196,7 +199,9 @@ def run(cfg: RunConfig, fresh: bool = False) -> dict[str, Any]:
                                    ",".join(f"{n}={d}" for n, d in version_dirs.items()),
                                    "--log", str(world / "interactions.csv"), "--segments", str(segments),
                                    "--pairs", str(world / "pairs.csv"), "--out", str(out / "exchange-rate"),
-                                   "--overwrite"])
+                                   "--overwrite", f"--quantize.levels={app.levels}",
+                                   f"--quantize.centroids={app.centroids}", f"--quantize.vq_k={app.vq_k}",
+                                   *app_overrides])
     from mmrep.report import write_run_report
 
     return write_run_report(out, list(versions), job)

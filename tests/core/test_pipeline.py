@@ -1,0 +1,43 @@
+"""The main job end to end on a very small world (README command 1, scaled down)."""
+
+import json
+
+import pytest
+
+from mmrep.pipeline import RunConfig, main
+from mmrep import config as cfgmod
+
+SHORT = ["--optim.total_steps=4", "--optim.warmup_steps=1", "--data.batch_size=8", "--checkpoint.every_steps=0",
+         "--deepspeed.config=configs/deepspeed/zero0.json", "--logging.every_steps=2", "--data.num_workers=0"]
+
+
+@pytest.mark.slow
+def test_main_job_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "run"
+    argv = ["--config", "configs/run/world-tiny.yaml", f"--output_dir={out}",
+            "--world.overrides=[--world.n_items=160, --world.n_users=40, --world.n_queries=200]",
+            f"--pretrain.overrides={json.dumps(SHORT)}", f"--posttrain.overrides={json.dumps(SHORT)}",
+            f"--align.overrides={json.dumps(SHORT)}", "--application.ctr_seeds=1", "--application.centroids=4",
+            "--application.vq_k=5"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "MBE2.0-protocol evaluation" in printed and "Downstream CTR model" in printed
+    report = (out / "report" / "report.md").read_text()
+    assert "Exchange rate" in report and (out / "report" / "recall_by_modality.png").is_file()
+    assert (out / "report" / "training_curves.png").is_file()
+    versions = json.loads((out / "exchange-rate" / "report.json").read_text())["versions"]
+    assert sorted(versions) == ["align", "posttrain", "pretrain", "untrained"]
+    for v in versions:
+        metrics = json.loads((out / "versions" / v / "metrics.json").read_text())
+        assert "image-search R@10" in metrics and "t→mm R@10" in metrics
+    # a rerun resumes: every step is skipped
+    assert main(argv) == 0
+    assert "[ctr] done earlier, skipping" in capsys.readouterr().out
+
+
+def test_run_config_rejects_unknown_keys(tmp_path):
+    from mmrep.errors import MmrepError
+
+    with pytest.raises(MmrepError, match="unknown config key 'world.sizee'"):
+        cfgmod.load(RunConfig, "configs/run/world-tiny.yaml", ["--world.sizee=tiny"])

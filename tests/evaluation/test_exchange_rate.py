@@ -67,6 +67,7 @@ def test_rejects_fewer_than_two_versions(tmp_path):
         er.parse_versions("A=x,A=y")
 
 
+@pytest.mark.slow  # matplotlib import + 4 plots: ~4 s on a loaded CPU
 def test_cli_from_a_table_writes_json_markdown_and_plots(tmp_path):
     table = {"metrics": METRICS, "auc": AUC, "segment_auc": SEGMENTS}
     (tmp_path / "t.json").write_text(json.dumps(table))

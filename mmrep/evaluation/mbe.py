@@ -47,6 +47,7 @@ class MbeConfig:
     dim: int = 0  # Matryoshka dimension (0 = full)
     max_images: int = 4
     query_chunk: int = 1024  # queries scored at once against the whole gallery
+    labels: bool = True  # also classification + attribute prediction (when the benchmark has label spaces)
 
     def __post_init__(self) -> None:
         bad = [t for t in self.tasks if t not in TASKS]
@@ -130,7 +131,7 @@ def evaluate(handle: EncoderHandle, bench: Benchmark, cfg: MbeConfig, item_emb: 
         r = metrics.retrieval_from_ranks(ranks, cfg.ks, cfg.ndcg_k)
         r.update({"dropped": len(q_rows) - len(keep), "gallery": len(g_rows)})
         results["retrieval"][task] = r
-    if bench.labels.get("classification") or bench.labels.get("attributes"):
+    if cfg.labels and (bench.labels.get("classification") or bench.labels.get("attributes")):
         rows, emb = items_in("mm")
         for group, key in (("classification", "classes"), ("attributes", "values")):
             for spec in bench.labels.get(group, []):

@@ -1,0 +1,80 @@
+"""`mmrep data import` and `mmrep data inspect`: thin argument parsing over catalog.py / inspect.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mmrep.config import split_config_args
+from mmrep.data.catalog import import_catalog, resolve_import_config
+
+
+def _cols(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def import_main(argv: list[str]) -> int:
+    config, overrides, rest = split_config_args(argv)
+    ap = argparse.ArgumentParser(
+        prog="mmrep data import",
+        description="catalogue CSV/JSONL + image folder -> one WebDataset shard set per split. Mapping comes from "
+                    "--preset, then --config FILE (a YAML of ImportConfig keys), then --import.key=value, then flags.")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--csv", help="catalogue CSV file")
+    src.add_argument("--jsonl", help="catalogue JSONL file (one product object per line)")
+    ap.add_argument("--images", help="image folder (paths and patterns are relative to it)")
+    ap.add_argument("--out", required=True, help="output folder (<out>/<split>/ shard sets + import.json)")
+    ap.add_argument("--preset", choices=["fashion"], help="a known layout (fashion: Fashion Product Images Small)")
+    ap.add_argument("--source", help="the preset's data folder (default: ../shared/data/<dataset> or $MMREP_DATA_DIR)")
+    ap.add_argument("--id-col")
+    ap.add_argument("--title-col")
+    ap.add_argument("--description-col")
+    ap.add_argument("--image-col", help="column with image path(s): 'a.jpg', 'a.jpg|b.jpg' or a JSON list")
+    ap.add_argument("--image-pattern", help="image path from row fields, e.g. '{id}.jpg' or '{id}_*.jpg'")
+    ap.add_argument("--category-cols", help="comma-separated, coarse -> fine")
+    ap.add_argument("--attribute-cols", help="comma-separated")
+    ap.add_argument("--label-cols", help="comma-separated")
+    ap.add_argument("--split-col")
+    ap.add_argument("--splits-csv", help="CSV with the id column and 'split', joined on id")
+    ap.add_argument("--default-split")
+    ap.add_argument("--shard-size", type=int)
+    ap.add_argument("--keep-text-only", action="store_true", default=None, help="keep rows without image files")
+    ap.add_argument("--reencode", action="store_true", default=None, help="re-encode images as JPEG q95")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    args = ap.parse_args(rest)
+
+    cfg = resolve_import_config(
+        args.preset, args.source, config, overrides,
+        table=args.csv or args.jsonl, format="csv" if args.csv else "jsonl" if args.jsonl else None,
+        images=args.images, id_col=args.id_col, title_col=args.title_col, description_col=args.description_col,
+        image_col=args.image_col, image_pattern=args.image_pattern, category_cols=_cols(args.category_cols),
+        attribute_cols=_cols(args.attribute_cols), label_cols=_cols(args.label_cols), split_col=args.split_col,
+        splits_csv=args.splits_csv, default_split=args.default_split, shard_size=args.shard_size,
+        keep_text_only=args.keep_text_only, reencode=args.reencode)
+    summary = import_catalog(cfg, args.out, overwrite=args.overwrite)
+    splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    skipped = {k: v for k, v in summary.items() if k.startswith("skipped_") and v}
+    print(f"imported {summary['count']} products into {args.out} ({splits}) in {summary['seconds']} s")
+    print(f"rows {summary['rows']}; skipped: {skipped or 'none'}; missing titles kept: {summary['missing_title']}; "
+          f"text-only kept: {summary['text_only']}")
+    return 0
+
+
+def inspect_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="mmrep data inspect",
+                                 description="counts, field coverage, images per item, image sizes, corrupt samples")
+    ap.add_argument("dir", help="a shard set (mmrep or img2dataset) or an import root with split folders")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument("--no-verify", action="store_true", help="read image headers only (faster; misses truncated images)")
+    ap.add_argument("--limit", type=int, help="look at the first N samples of each set only")
+    args = ap.parse_args(argv)
+    from mmrep.data.inspect import format_report, inspect_shards
+
+    report = inspect_shards(args.dir, verify=not args.no_verify, limit=args.limit)
+    if args.json:
+        json.dump(report, sys.stdout, indent=1)
+        print()
+    else:
+        print(format_report(report))
+    return 0

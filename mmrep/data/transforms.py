@@ -1,0 +1,130 @@
+"""Image bytes -> normalised tensors: decode (PIL, JPEG draft mode), RGB, square resize / crop.
+
+The whole geometric step is one `Image.resize(box=...)` call: the crop box is chosen in source
+coordinates and resized straight to (S, S), which equals "resize shorter side + centre crop" (eval)
+or a random-resized-crop (train) without a second pass over the pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import zlib
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmrep.errors import MmrepError
+
+# open_clip's defaults (OPENAI_DATASET_MEAN / STD); models carry their own in their config.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class CorruptSample(MmrepError):
+    """A sample whose bytes cannot be decoded (non-image data, truncated image, bad JSON, ...)."""
+
+    def __init__(self, message: str, key: str = "", shard: str = "", reason: str = "other", detail: str = ""):
+        super().__init__(message)
+        self.key, self.shard, self.reason = key, shard, reason
+        self.detail = detail or message  # the message without the "shard ..., sample ..." prefix
+
+
+class ImageTransform:
+    """Encoded image bytes -> (3, S, S) float32, normalised with `mean` / `std`.
+
+    Eval: centre square crop of the shorter side, resized to S. Train: a mild random-resized-crop
+    (area `scale`, aspect `ratio`) and a horizontal flip with probability `flip`.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+        train: bool = False,
+        seed: int | None = None,
+        scale: tuple[float, float] = (0.7, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: float = 0.5,
+        resample: int = Image.BICUBIC,
+    ):
+        if image_size < 1:
+            raise MmrepError(f"image_size must be positive, got {image_size}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise MmrepError(f"mean/std must hold 3 values (std > 0), got mean={mean} std={std}")
+        self.image_size = int(image_size)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.train, self.seed = train, seed
+        self.scale, self.ratio, self.flip, self.resample = scale, ratio, flip, resample
+        # x_norm = x_uint8 * a + b, folded into one multiply-add per element
+        self._a = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(3, 1, 1)
+        self._b = torch.tensor([-m / s for m, s in zip(self.mean, self.std)]).view(3, 1, 1)
+        self._rng: random.Random | None = None
+        self._rng_owner: tuple | None = None
+
+    def _random(self) -> random.Random:
+        # Each DataLoader worker draws its own stream, re-seeded for every pass from the loader's
+        # per-pass worker seed (reproducible under torch.manual_seed), so workers and epochs differ.
+        info = torch.utils.data.get_worker_info()
+        owner = (info.id, info.seed) if info else None
+        if self._rng is None or owner != self._rng_owner:
+            base = self.seed if self.seed is not None else random.randrange(2**31)
+            self._rng = random.Random(zlib.crc32(repr((base, owner)).encode()))
+            self._rng_owner = owner
+        return self._rng
+
+    def decode(self, data: bytes, key: str = "") -> Image.Image:
+        """Bytes -> RGB PIL image, using JPEG draft mode to decode at a reduced scale when possible."""
+        try:
+            img = Image.open(io.BytesIO(data))
+            if img.format == "JPEG":
+                # draft keeps both sides >= the request, so the crop below never upsamples more
+                img.draft("RGB", (self.image_size, self.image_size))
+            img.load()
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError
+            detail = f"image bytes cannot be decoded ({type(e).__name__}: {e})"
+            raise CorruptSample(f"sample {key or '?'}: {detail}; drop or re-export this image", key=key,
+                                reason="bad_image", detail=detail) from None
+        return img
+
+    def box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The source crop box (left, top, right, bottom) for an image of this size."""
+        if not self.train:
+            side = min(width, height)
+            left, top = (width - side) / 2, (height - side) / 2
+            return (left, top, left + side, top + side)
+        rng = self._random()
+        area = width * height
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
+            if w <= width and h <= height:
+                left, top = rng.uniform(0, width - w), rng.uniform(0, height - h)
+                return (left, top, left + w, top + h)
+        side = min(width, height)  # fallback: a random square of the shorter side
+        left, top = rng.uniform(0, width - side), rng.uniform(0, height - side)
+        return (left, top, left + side, top + side)
+
+    def __call__(self, data: bytes, key: str = "") -> torch.Tensor:
+        """bytes -> (3, S, S) float32 normalised."""
+        img = self.decode(data, key)
+        s = self.image_size
+        img = img.resize((s, s), self.resample, box=self.box(*img.size))
+        if self.train and self.flip > 0 and self._random().random() < self.flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return self.to_tensor(img)
+
+    def to_tensor(self, img: Image.Image) -> torch.Tensor:
+        """RGB PIL image (S, S) -> (3, S, S) float32 normalised."""
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+        return torch.mul(x, self._a).add_(self._b)  # uint8 * float32 -> float32 in one pass
+
+    def __repr__(self) -> str:
+        return f"ImageTransform(image_size={self.image_size}, train={self.train})"

@@ -43,6 +43,19 @@ class StageSection:
 
 
 @dataclass
+class CatalogueSection:
+    """A real catalogue instead of the built-in world: import -> pretrain -> export -> evaluate.
+
+    Catalogues carry no behaviour logs, so post-training, alignment, codes/CTR and the exchange rate
+    (which need queries, purchases and clicks) are skipped.
+    """
+
+    preset: str = ""  # e.g. "fashion" (Fashion Product Images); empty = use the built-in world
+    source: str = ""  # the preset's data folder (default: ../shared/data/<dataset>)
+    max_eval_items: int = 0  # 0 = the whole evaluation split
+
+
+@dataclass
 class ApplicationSection:
     levels: int = 3
     centroids: int = 16
@@ -56,6 +69,7 @@ class ApplicationSection:
 class RunConfig:
     output_dir: str = "runs/main"
     world: WorldSection = field(default_factory=WorldSection)
+    catalogue: CatalogueSection = field(default_factory=CatalogueSection)
     pretrain: StageSection = field(default_factory=lambda: StageSection("configs/train/pretrain-tiny.yaml"))
     posttrain: StageSection = field(default_factory=lambda: StageSection("configs/train/posttrain-tiny.yaml"))
     align: StageSection = field(default_factory=lambda: StageSection("configs/train/align-tiny.yaml"))
@@ -130,6 +144,8 @@ def run(cfg: RunConfig, fresh: bool = False) -> dict[str, Any]:
     job = Job(cfg, fresh)
     out = job.out
     cfgmod.save_resolved(cfg, out, "run.yaml")
+    if cfg.catalogue.preset:
+        return run_catalogue(cfg, job)
     world = Path(cfg.world.path) if cfg.world.path else out / "world"
     if not cfg.world.path:
         job.step("world", ["data", "synth", "--size", cfg.world.size, "--seed", str(cfg.world.seed), "--out", str(world),
@@ -202,6 +218,38 @@ def run(cfg: RunConfig, fresh: bool = False) -> dict[str, Any]:
                                    "--overwrite", f"--quantize.levels={app.levels}",
                                    f"--quantize.centroids={app.centroids}", f"--quantize.vq_k={app.vq_k}",
                                    *app_overrides])
+    from mmrep.report import write_run_report
+
+    return write_run_report(out, list(versions), job)
+
+
+def run_catalogue(cfg: RunConfig, job: Job) -> dict[str, Any]:
+    """The main job on a real catalogue: import, pretrain, evaluate untrained vs trained side by side."""
+    out, cat = job.out, cfg.catalogue
+    shards = out / "catalogue"
+    job.step("import", ["data", "import", "--preset", cat.preset, "--out", str(shards), "--overwrite",
+                        *(["--source", cat.source] if cat.source else [])])
+    untrained = out / "untrained" / "encoder"
+    job.call("untrained", save_untrained, _repo_path(cfg.untrained_model), cfg.seed, untrained)
+    versions = {"untrained": str(untrained)}
+    if cfg.pretrain.enabled:
+        run_dir = out / "pretrain"
+        job.step("pretrain", ["train", "--stage", "pretrain", "--config", _repo_path(cfg.pretrain.config),
+                              f"--output_dir={run_dir}", f"--data.shards={shards / 'train'}", "--overwrite=true",
+                              *cfg.pretrain.overrides], subprocess_=True)
+        versions["pretrain"] = str(run_dir / "encoder")
+    bench = out / "bench"
+    job.step("bench", ["eval", "mbe", "--make-bench", "--from-shards", str(shards / cfg.eval_split), "--out", str(bench),
+                       "--overwrite", *(["--max-items", str(cat.max_eval_items)] if cat.max_eval_items else [])])
+    job.step("mbe", ["eval", "mbe", "--bench", str(bench), *[a for e in versions.values() for a in ("--encoder", e)],
+                     "--out", str(out / "eval" / "mbe"), "--overwrite"])
+    for name, enc in versions.items():
+        job.step(f"image-search-{name}", ["eval", "image-search", "--encoder", enc, "--items", str(bench / "items"),
+                                          "--query-set", cfg.image_search_query_set,
+                                          "--out", str(out / "eval" / "image-search" / name), "--overwrite"])
+    final = list(versions)[-1]
+    job.step(f"export-{final}", ["export", "--encoder", versions[final], "--shards", str(bench / "items"),
+                                 "--out", str(out / "embeddings" / final), "--overwrite", "--faiss", "flat"])
     from mmrep.report import write_run_report
 
     return write_run_report(out, list(versions), job)

@@ -41,3 +41,25 @@ def test_run_config_rejects_unknown_keys(tmp_path):
 
     with pytest.raises(MmrepError, match="unknown config key 'world.sizee'"):
         cfgmod.load(RunConfig, "configs/run/world-tiny.yaml", ["--world.sizee=tiny"])
+
+
+FASHION = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data" / "fashion_product_images_small"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="../shared/data (Fashion Product Images) is not present")
+def test_main_job_on_the_fashion_catalogue(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "fashion"
+    short = ["--model=../model/tiny.yaml", "--max_train_seconds=5", "--data.batch_size=8",
+             "--checkpoint.every_steps=0", "--loss.matryoshka_dims=[]", "--data.num_workers=0"]
+    assert main(["--config", "configs/run/fashion-small.yaml", f"--output_dir={out}", f"--catalogue.source={FASHION}",
+                 "--catalogue.max_eval_items=60", "--untrained_model=configs/model/tiny.yaml",
+                 f"--pretrain.overrides={json.dumps(short)}"]) == 0
+    manifest = json.loads((out / "catalogue" / "train" / "manifest.json").read_text())
+    assert manifest["count"] == 35349
+    report = json.loads((out / "eval" / "mbe" / "report.json").read_text())
+    assert [e["name"].split("/")[0] for e in report["encoders"]] == ["untrained", "pretrain"]
+    assert report["benchmark"]["counts"]["items"] == 60
+    assert (out / "embeddings" / "pretrain" / "index.json").is_file()
+    assert "t→i R@10" in capsys.readouterr().out

@@ -1,3 +1,3 @@
 """Fixtures shared by these tests (helpers live in eval_helpers.py)."""
 
-from eval_helpers import encoder_dir, products_dir  # noqa: F401
+from embedding_helpers import encoder_dir, products_dir  # noqa: F401

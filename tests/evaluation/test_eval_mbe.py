@@ -38,7 +38,7 @@ def test_catalogue_bench_layout(bench, products_dir):
 
 
 def test_user_photo_is_deterministic_and_a_different_view():
-    from eval_helpers import image_bytes
+    from embedding_helpers import image_bytes
 
     data = image_bytes(5, (60, 80))
     a, b, c = bm.user_photo(data, 1), bm.user_photo(data, 1), bm.user_photo(data, 2)
@@ -80,7 +80,7 @@ def test_mbe_report_matches_independent_computation(bench, encoder_dir, tmp_path
 def _tiny_yaml(tmp_path):
     import yaml
 
-    from eval_helpers import TINY
+    from embedding_helpers import TINY
 
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
@@ -137,7 +137,7 @@ def test_world_converter(tmp_path):
     from mmrep.export.format import load_embeddings
 
     enc = tmp_path / "enc"
-    from eval_helpers import tiny_config
+    from embedding_helpers import tiny_config
     from mmrep.model.encoder import build_encoder, save_encoder
 
     save_encoder(build_encoder(tiny_config()).eval(), enc)

@@ -1,3 +1,3 @@
 """Fixtures shared by these tests (helpers live in export_helpers.py)."""
 
-from export_helpers import encoder_dir, products_dir  # noqa: F401
+from embedding_helpers import encoder_dir, products_dir  # noqa: F401

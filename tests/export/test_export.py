@@ -14,7 +14,7 @@ from mmrep.errors import MmrepError
 from mmrep.export import embeddings as ex
 from mmrep.export.format import INDEX, load_embeddings, read_part
 
-from export_helpers import image_bytes, write_products
+from embedding_helpers import image_bytes, write_products
 
 
 @pytest.fixture(scope="module")

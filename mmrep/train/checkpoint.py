@@ -4,6 +4,7 @@ Layout under `dir`: `global_stepN/` (DeepSpeed's files + `rank<r>_state.pt` with
 `latest` (the newest complete tag). A save goes into `.tmp-<tag>/` on every rank; after a barrier rank
 0 renames it to `<tag>` and only then rewrites `latest`, so a crash at any point leaves either the
 previous checkpoint or the new one, never a partial one (stale temp dirs are removed on the next start).
+Pruning and re-saving rename a checkpoint to a temp name before deleting it, for the same reason.
 """
 
 from __future__ import annotations
@@ -113,6 +114,15 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _discard(path: Path) -> None:
+    """Delete a checkpoint dir without ever exposing a half-deleted one under its tag: rename it to a
+    temp name first (a kill mid-delete leaves only a temp dir, which `clean_stale` removes)."""
+    trash = path.with_name(f"{TMP_PREFIX}old-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def save(engine, ckpt_dir: str | Path, step: int, trainer_state: dict[str, Any], keep_last: int,
          rank_state: dict[str, Any] | None = None) -> str:
     """Save a complete checkpoint for optimizer step `step` on every rank; returns its tag.
@@ -135,12 +145,12 @@ def save(engine, ckpt_dir: str | Path, step: int, trainer_state: dict[str, Any],
             json.dump(trainer_state, f, indent=1)
         final = ckpt_dir / tag
         if final.exists():  # re-saving the same step (e.g. end of run right after a periodic save)
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(ckpt_dir / tmp_tag, final)
         with atomic_write(ckpt_dir / LATEST, "w") as f:
             f.write(tag)
         for old in list_tags(ckpt_dir)[:-keep_last]:
-            shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+            _discard(ckpt_dir / old)
     _barrier()
     return tag
 

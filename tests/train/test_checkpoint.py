@@ -93,3 +93,22 @@ def test_sigkill_mid_run_then_resume_latest(th, tiny_world, tmp_path):
     assert [r["step"] for r in rows][-2:] == [k + 1, k + 2]
     assert rows[-1]["samples_seen"] == (k + 2) * 8
     assert (out / "encoder" / "model.safetensors").is_file()
+
+
+def test_pruned_checkpoint_is_never_visible_half_deleted(tmp_path, monkeypatch):
+    """A kill in the middle of pruning leaves only a temp dir: no partial tag is listed, and
+    clean_stale removes what is left."""
+    for step in (1, 2):
+        (tmp_path / ckpt.tag_for(step)).mkdir()
+        (tmp_path / ckpt.tag_for(step) / "f.pt").write_bytes(b"x")
+
+    def killed_rmtree(path, ignore_errors=False):  # the process dies inside the delete
+        if ".tmp-old-" in str(path) and (tmp_path / ".tmp-old-global_step1").exists():
+            raise KeyboardInterrupt
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt._discard(tmp_path / "global_step1")
+    monkeypatch.undo()
+    assert ckpt.list_tags(tmp_path) == ["global_step2"]
+    assert ckpt.clean_stale(tmp_path) == [".tmp-old-global_step1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step2"]

@@ -11,6 +11,7 @@ from mmrep.train.filtering import DynamicFilter, filter_stats, hardest_negative,
 from mmrep.train.losses import (ContrastiveLoss, LogitScale, MatryoshkaLoss, global_mean, id_hash, info_nce,
                                 symmetric_contrastive, truncate)
 from mmrep.train.negatives import MemoryQueue, mine_hard_negatives
+from two_ranks import close_rank, init_rank, run_two_ranks  # tests/train/two_ranks.py
 
 
 def unit(*shape, seed=0):
@@ -155,36 +156,6 @@ def test_hardest_negative_ignores_padding():
     negs = torch.stack([q, -q], dim=1)  # (2, 2, 4): an exact copy and its opposite
     s, has = hardest_negative(q, negs, torch.tensor([[False, True], [False, False]]))
     assert s[0].item() == pytest.approx(-1.0, abs=1e-6) and has.tolist() == [True, False]
-
-
-def run_two_ranks(target, args, store) -> list:
-    """Run target(rank, store, *args, out) on 2 gloo ranks (file rendezvous: no port races); returns the
-    two results put on `out`, sorted by rank."""
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    out = ctx.SimpleQueue()
-    procs = [ctx.Process(target=target, args=(r, str(store), *args, out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(180)
-    assert [p.exitcode for p in procs] == [0, 0]
-    return sorted([out.get(), out.get()])
-
-
-def init_rank(rank: int, store: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-
-
-def close_rank() -> None:
-    import torch.distributed as dist
-
-    dist.barrier()  # nobody tears down while the other rank still talks
-    dist.destroy_process_group()
 
 
 def _two_rank_worker(rank, store, a, b, ids, out):

@@ -21,6 +21,7 @@ from mmrep.model.encoder import build_encoder
 from mmrep.records import Interaction, Product, Query, Triplet
 from mmrep.train.objectives import (Features, LossConfig, PairBatch, PosttrainObjective, build_objective,
                                     concat_features, mine_user_item_pairs)
+from two_ranks import close_rank, init_rank, run_two_ranks  # tests/train/two_ranks.py
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
 COLOURS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 160, 40), "black": (20, 20, 20)}
@@ -281,35 +282,6 @@ def synthetic_features(b: int, k: int, d: int, z: int = 4, seed: int = 0) -> Fea
 
 def slice_features(f: Features, rows: slice) -> Features:
     return Features({k: v[rows] for k, v in f.tensors.items()}, f.aux_loss, f.sparsity_loss, f.preference)
-
-
-def run_two_ranks(target, args, store) -> list:
-    """Run target(rank, store, *args, out) on 2 gloo ranks (file rendezvous); results sorted by rank."""
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    out = ctx.SimpleQueue()
-    procs = [ctx.Process(target=target, args=(r, str(store), *args, out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(180)
-    assert [p.exitcode for p in procs] == [0, 0]
-    return sorted([out.get(), out.get()])
-
-
-def init_rank(rank: int, store: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-
-
-def close_rank() -> None:
-    import torch.distributed as dist
-
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def _posttrain_rank(rank, store, prev, cur, out):

@@ -22,7 +22,7 @@ from mmrep.records import Product, Query
 @dataclass
 class TokenizerConfig:
     backend: str = "open_clip"  # "open_clip" (offline SimpleTokenizer) or "hf" (a local tokenizer dir)
-    path: str = ""  # local HF tokenizer directory when backend == "hf"
+    path: str = ""  # local HF tokenizer directory (or python:PACKAGE, see mmrep.pretrained) when backend == "hf"
     context_length: int = 77
     lowercase: bool = True
 
@@ -50,9 +50,12 @@ class ProductTokenizer:
         else:
             from transformers import AutoTokenizer
 
-            if not Path(cfg.path).is_dir():
+            from mmrep.pretrained import resolve_model_dir
+
+            path = resolve_model_dir(cfg.path, "model.tokenizer.path")
+            if not Path(path).is_dir():
                 raise MmrepError(f"tokenizer.path {cfg.path!r} is not a directory; point it at a local HF tokenizer")
-            tok = AutoTokenizer.from_pretrained(cfg.path, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
             self._encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]
             self.sot_id = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
             self.eot_id = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id

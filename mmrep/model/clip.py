@@ -23,8 +23,12 @@ from mmrep.model.moe import Routing
 from mmrep.model.towers import OPEN_CLIP_VOCAB, open_clip_model_cfg, open_clip_state
 
 
-def clip_model_cfg(cfg: ModelConfig) -> dict[str, Any]:
-    """open_clip `model_cfg` (the dict `open_clip_config.json` holds) for this ModelConfig."""
+def clip_model_cfg(cfg: ModelConfig, load_pretrained: bool = True) -> dict[str, Any]:
+    """open_clip `model_cfg` (the dict `open_clip_config.json` holds) for this ModelConfig.
+
+    `text.backend: hf` gives open_clip's HF text tower (mean-pooled, linear projection), i.e. a
+    `CustomTextCLIP`; `load_pretrained` says whether it loads the HF weights (False: load_encoder fills them).
+    """
     if cfg.clip.name:
         model_cfg = dict(open_clip_model_cfg(cfg.clip.name))
         if model_cfg["embed_dim"] != cfg.embed_dim:
@@ -39,6 +43,16 @@ def clip_model_cfg(cfg: ModelConfig) -> dict[str, Any]:
             "text_cfg": {"context_length": cfg.tokenizer.context_length, "vocab_size": OPEN_CLIP_VOCAB,
                          "width": t.width, "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_ratio},
         }
+    if cfg.text.backend == "hf":
+        if not cfg.text.name:
+            raise MmrepError("model.text.name must name an HF text model (a directory or python:PACKAGE) for a "
+                             "clip backbone with text.backend 'hf'")
+        from mmrep.pretrained import resolve_model_dir
+
+        path = resolve_model_dir(cfg.text.name, "model.text.name")
+        model_cfg["text_cfg"] = {"hf_model_name": path, "hf_tokenizer_name": path, "hf_model_pretrained": load_pretrained,
+                                 "hf_pooler_type": "mean_pooler", "hf_proj_type": "linear",
+                                 "context_length": cfg.tokenizer.context_length}
     # DeepSpeed 0.19.8 crashes on 0-dim parameters (logit_scale): keep it shape [1].
     model_cfg["nonscalar_logit_scale"] = True
     return model_cfg
@@ -49,12 +63,18 @@ class ClipEncoder(Encoder):
 
     def __init__(self, cfg: ModelConfig, load_pretrained: bool = True):
         super().__init__(cfg)
-        from open_clip.model import CLIP
+        from open_clip.model import CLIP, CustomTextCLIP
 
         if cfg.backbone != "clip":
             raise MmrepError("ClipEncoder needs model.backbone 'clip'")
-        self.model_cfg = clip_model_cfg(cfg)
-        self.clip = CLIP(**self.model_cfg)
+        self.model_cfg = clip_model_cfg(cfg, load_pretrained)
+        self.hf_text = cfg.text.backend == "hf"
+        self.clip = (CustomTextCLIP if self.hf_text else CLIP)(**self.model_cfg)
+        if self.hf_text:
+            # export writes a config that open_clip can rebuild; the weights come from the safetensors file
+            self.model_cfg["text_cfg"]["hf_model_pretrained"] = False
+            if cfg.text.trainable_layers >= 0:
+                self.clip.lock_text_tower(unlocked_layers=cfg.text.trainable_layers)
         if cfg.clip.name and cfg.clip.pretrained and load_pretrained:
             from open_clip.model import resize_pos_embed
 
@@ -62,10 +82,16 @@ class ClipEncoder(Encoder):
             state["logit_scale"] = state["logit_scale"].reshape(1)
             resize_pos_embed(state, self.clip)
             self.clip.load_state_dict(state)
-        self.context_length = self.clip.context_length
+        self.context_length = cfg.tokenizer.context_length if self.hf_text else self.clip.context_length
         if cfg.tokenizer.context_length > self.context_length:
             raise MmrepError(f"model.tokenizer.context_length ({cfg.tokenizer.context_length}) exceeds the CLIP "
                              f"text context ({self.context_length})")
+
+    def train(self, mode: bool = True) -> "ClipEncoder":
+        super().train(mode)
+        if self.hf_text and self.cfg.text.trainable_layers == 0:
+            self.clip.text.transformer.eval()  # a frozen tower is a fixed feature extractor: no dropout noise
+        return self
 
     def encode(self, inputs: EncoderInput) -> tuple[torch.Tensor, list[tuple[Routing, torch.Tensor]]]:
         b = inputs.batch_size
@@ -80,8 +106,10 @@ class ClipEncoder(Encoder):
             ids = inputs.text_ids * inputs.text_mask
             if ids.shape[1] > self.context_length:
                 raise ValueError(f"text length {ids.shape[1]} exceeds the CLIP context {self.context_length}")
-            # open_clip adds all context_length positions: pad on the right (causal mask -> no effect on real tokens)
-            ids = F.pad(ids, (0, self.context_length - ids.shape[1]))
+            if not self.hf_text:
+                # open_clip adds all context_length positions: pad on the right (causal mask -> no effect on real
+                # tokens). The HF tower masks padding (id 0 for BERT-style vocabularies) and needs no padding.
+                ids = F.pad(ids, (0, self.context_length - ids.shape[1]))
             txt = self.clip.encode_text(ids, normalize=True) * inputs.has_text[:, None]
             out = txt if out is None else out + txt
         return out, []

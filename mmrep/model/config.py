@@ -50,7 +50,8 @@ class VisionConfig:
 class TextConfig:
     """Text tower: open_clip text transformer (reads open_clip ids) or an HF transformers encoder.
 
-    For `hf`, `name` is a local model directory (or hub name when reachable); empty -> a random BERT
+    For `hf`, `name` is a local model directory, `python:PACKAGE` for weights a pip package ships (see
+    mmrep.pretrained), or a hub name when reachable; empty -> a random BERT
     of the given shape over open_clip's vocabulary (so the default tokenizer feeds it).
     """
 
@@ -61,8 +62,13 @@ class TextConfig:
     layers: int = 1
     heads: int = 2
     mlp_ratio: float = 4.0
+    # -1 trains the whole tower; n >= 0 freezes the embeddings and all but the top n layers (0: frozen,
+    # LiT-style), which keeps a pretrained tower's knowledge and skips its backward pass
+    trainable_layers: int = -1
 
     def __post_init__(self) -> None:
+        if self.trainable_layers < -1:
+            raise MmrepError(f"model.text.trainable_layers must be -1 (all) or >= 0, got {self.trainable_layers}")
         _positive("text", width=self.width, layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio)
         if self.width % self.heads:
             raise MmrepError(f"model.text.width ({self.width}) must be divisible by model.text.heads ({self.heads})")
@@ -78,6 +84,9 @@ class FusionConfig:
     mlp_ratio: float = 4.0
     max_images: int = 8  # image-slot embeddings: an item may carry up to this many images
     moe_every: int = 1  # every n-th fusion layer (counting from the last) carries the MoE FFN
+    # zero-init each layer's residual branches (attention output, every expert's last linear): the stack
+    # starts as the identity, so a pretrained tower's features reach the pooled embedding intact at step 0
+    identity_init: bool = False
 
     def __post_init__(self) -> None:
         _positive("fusion", width=self.width, layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio,
@@ -189,9 +198,9 @@ class ModelConfig:
         if self.backbone == "clip":
             if self.moe.enabled:
                 raise MmrepError("model.backbone 'clip' is the dense two-tower baseline: set model.moe.mode to 'dense'")
-            if self.tokenizer.backend != "open_clip":
-                raise MmrepError("model.backbone 'clip' reads open_clip token ids: set model.tokenizer.backend to 'open_clip'")
-        if self.backbone == "fusion" and self.text.backend == "open_clip" and self.tokenizer.backend != "open_clip":
+        if self.backbone in ("clip", "fusion") and self.text.backend == "hf" and self.text.name \
+                and self.tokenizer.backend != "hf":
+            raise MmrepError("model.text.name is an HF encoder: set model.tokenizer.backend 'hf' and tokenizer.path "
+                             "to its dir (or the same python:PACKAGE)")
+        if self.backbone in ("clip", "fusion") and self.text.backend == "open_clip" and self.tokenizer.backend != "open_clip":
             raise MmrepError("model.text.backend 'open_clip' reads open_clip ids: set model.tokenizer.backend 'open_clip'")
-        if self.backbone == "fusion" and self.text.backend == "hf" and self.text.name and self.tokenizer.backend != "hf":
-            raise MmrepError("model.text.name is an HF encoder: set model.tokenizer.backend 'hf' and tokenizer.path to its dir")

@@ -35,6 +35,14 @@ class FusionLayer(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
         self.ffn = build_moe(width, hidden, moe)
 
+    def zero_residual_branches(self) -> None:
+        """Make the layer the identity at init (pre-LN: x + 0 + 0); gradients still reach every weight."""
+        branch_outputs = [self.out, *(m.fc2 for m in self.ffn.modules() if isinstance(getattr(m, "fc2", None), nn.Linear))]
+        for linear in branch_outputs:
+            nn.init.zeros_(linear.weight)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor, types: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor]
                 ) -> tuple[torch.Tensor, Routing]:
         """x (B, S, W), mask (B, S) bool, types (B, S), rows = mask.nonzero() -> (x, Routing over the T real tokens)."""
@@ -66,6 +74,9 @@ class FusionEncoder(Encoder):
         self.layers = nn.ModuleList(
             FusionLayer(fc.width, fc.heads, hidden, cfg.moe if (fc.layers - 1 - i) % fc.moe_every == 0 else dense)
             for i in range(fc.layers))
+        if fc.identity_init:
+            for layer in self.layers:
+                layer.zero_residual_branches()
         self.ln_post = nn.LayerNorm(fc.width)
         self.proj = nn.Linear(fc.width, cfg.embed_dim)
         self.max_images = fc.max_images
@@ -81,7 +92,9 @@ class FusionEncoder(Encoder):
             patches = self.vision_proj(self.vision(inputs.pixels[inputs.image_mask]))  # (n_real, P, W)
             p, w = patches.shape[1], patches.shape[2]
             grid = patches.new_zeros(b, n, p, w).index_put((*inputs.image_mask.nonzero(as_tuple=True),), patches)
-            slots = self.slot_embedding.weight[:n, None, :] + self.type_embedding.weight[int(TokenType.IMAGE)]
+            # module calls, not `.weight` slicing: ZeRO-3 gathers a partitioned parameter only inside its module
+            slot_ids = torch.arange(n, device=patches.device)
+            slots = (self.slot_embedding(slot_ids) + self.type_embedding(torch.full_like(slot_ids, int(TokenType.IMAGE))))[:, None, :]
             seq.append((grid + slots).reshape(b, n * p, w))
             masks.append(inputs.image_mask[:, :, None].expand(b, n, p).reshape(b, n * p))
             types.append(torch.full((b, n * p), int(TokenType.IMAGE), dtype=torch.long, device=grid.device))

@@ -134,11 +134,14 @@ class TextTokens(nn.Module):
             from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
             if cfg.name:
+                from mmrep.pretrained import resolve_model_dir
+
+                path = resolve_model_dir(cfg.name, "model.text.name")
                 try:
                     if load_pretrained:
-                        self.hf = AutoModel.from_pretrained(cfg.name)
+                        self.hf = AutoModel.from_pretrained(path)
                     else:
-                        self.hf = AutoModel.from_config(AutoConfig.from_pretrained(cfg.name))
+                        self.hf = AutoModel.from_config(AutoConfig.from_pretrained(path))
                 except OSError as e:
                     raise MmrepError(f"model.text.name {cfg.name!r}: {str(e).splitlines()[0][:160]}") from None
             else:
@@ -146,7 +149,37 @@ class TextTokens(nn.Module):
                                   num_attention_heads=cfg.heads, intermediate_size=int(cfg.width * cfg.mlp_ratio),
                                   max_position_embeddings=max(512, context_length))
                 self.hf = BertModel(bcfg, add_pooling_layer=False)
+            if getattr(self.hf, "pooler", None) is not None:
+                self.hf.pooler = None  # the fusion reads token states: a pooler would be dead weight
             self.width = self.hf.config.hidden_size
+        self.frozen = cfg.trainable_layers == 0
+        if cfg.trainable_layers >= 0:
+            self.freeze_below(cfg.trainable_layers)
+
+    def train(self, mode: bool = True) -> "TextTokens":
+        super().train(mode)
+        if self.frozen:
+            super().train(False)  # a frozen tower is a fixed feature extractor: no dropout noise
+        return self
+
+    def _embeddings_and_layers(self) -> tuple[list[nn.Module | nn.Parameter], nn.ModuleList]:
+        if self.backend == "open_clip":
+            return [self.token_embedding, self.positional_embedding], self.transformer.resblocks
+        layers = getattr(getattr(self.hf, "encoder", None), "layer", None)
+        if not isinstance(layers, nn.ModuleList):
+            raise MmrepError(f"model.text.trainable_layers: {type(self.hf).__name__} has no encoder.layer list; "
+                             "use trainable_layers -1 (train all) with this text model")
+        return [self.hf.embeddings], layers
+
+    def freeze_below(self, trainable: int) -> None:
+        """Freeze the embeddings and all but the top `trainable` layers (0: the whole tower is frozen)."""
+        embeddings, layers = self._embeddings_and_layers()
+        frozen: list[nn.Module | nn.Parameter] = [*embeddings, *layers[:max(len(layers) - trainable, 0)]]
+        if trainable == 0 and self.backend == "open_clip":
+            frozen.append(self.ln_final)
+        for part in frozen:
+            for p in ([part] if isinstance(part, nn.Parameter) else part.parameters()):
+                p.requires_grad_(False)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.backend == "open_clip":

@@ -80,24 +80,33 @@ class MetricsLogger:
             self._jsonl = open(self.out_dir / "metrics.jsonl", "a" if append else "w", buffering=1)
         self.wandb_mode = resolve_wandb_mode(cfg.wandb)
         if self.wandb_mode != "disabled":
-            self.wandb_run = self._init_wandb(run_config)
+            self.wandb_run = self._init_wandb(run_config, resume=append)
         if cfg.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
-    def _init_wandb(self, run_config: dict[str, Any]):
+    def _init_wandb(self, run_config: dict[str, Any], resume: bool = False):
         import wandb
+
+        from mmrep.fsutil import atomic_write
 
         wandb_dir = os.environ.get("WANDB_DIR") or str(self.out_dir)
         Path(wandb_dir).mkdir(parents=True, exist_ok=True)
         name = self.cfg.run_name or self.out_dir.name
+        # A resumed training run continues its W&B run (same id) instead of opening a new one.
+        id_file = self.out_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
         for mode in dict.fromkeys([self.wandb_mode, "offline"]):
             try:
                 run = wandb.init(project=self.cfg.project, name=name, dir=wandb_dir, mode=mode,
-                                 config=run_config, reinit="finish_previous",
+                                 config=run_config, reinit="finish_previous", id=run_id,
+                                 resume="allow" if run_id else None,
                                  settings=wandb.Settings(init_timeout=60, console="off", silent=True))
                 self.wandb_mode = mode
+                if run.id != run_id:
+                    with atomic_write(id_file, "w") as f:
+                        f.write(run.id + "\n")
                 return run
             except Exception as e:  # no key, no server, ...: fall back, never crash the run
                 warnings.warn(f"wandb {mode} init failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "

@@ -56,6 +56,12 @@ class OptimConfig:
     micro_batch: int = 0  # per-rank micro-batch; 0 = data.batch_size
     accum_steps: int = 1  # micro-batches per optimizer step (DeepSpeed gradient accumulation)
     accum_keep_negatives: bool = False  # feature caching: the accumulated batch is the negative set
+    # "steps": the cosine spans total_steps; "time": it spans max_train_seconds (progress = training time /
+    # budget), so a fixed-time recipe decays its LR to min_lr_ratio exactly when the budget ends
+    schedule_over: Literal["steps", "time"] = "steps"
+    # parameter-name prefix -> LR multiplier, e.g. {encoder.layers: 0.1}: train a module gently (the longest
+    # matching prefix wins; names as in TrainModule: encoder.*, objective.*)
+    lr_scales: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -68,6 +74,8 @@ class OptimConfig:
             raise MmrepError("optim.warmup_steps must be >= 0")
         if self.accum_steps < 1 or self.micro_batch < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise MmrepError("optim.accum_steps must be >= 1 and optim.micro_batch, grad_clip, weight_decay >= 0")
+        if any(v < 0 for v in self.lr_scales.values()):
+            raise MmrepError(f"optim.lr_scales values must be >= 0, got {self.lr_scales}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise MmrepError("optim.min_lr_ratio must be in [0, 1]")
 
@@ -97,12 +105,15 @@ class TrainConfig:
     init_from: str = ""  # an encoder dir (or a run dir holding encoder/) to start from; the model section is then ignored
     output_dir: str = "runs/train"
     seed: int = 0
-    max_train_seconds: float = 0.0  # stop cleanly (and checkpoint) after this much training time; 0 = no limit
+    max_train_seconds: float = 0.0  # stop cleanly (and checkpoint) after this much training time, resumed
+    # runs counting the time before the checkpoint; 0 = no limit
     overwrite: bool = False  # allow starting fresh in an output_dir that already holds a run
 
     def __post_init__(self) -> None:
         if self.max_train_seconds < 0:
             raise MmrepError("max_train_seconds must be >= 0 (0 = no limit)")
+        if self.optim.schedule_over == "time" and not self.max_train_seconds:
+            raise MmrepError("optim.schedule_over 'time' needs a time budget: set max_train_seconds > 0")
         if not self.output_dir:
             raise MmrepError("output_dir must name a folder for the run")
         if self.stage == "align" and not self.pairs:
@@ -115,10 +126,16 @@ class TrainConfig:
 
 
 def load_config(path: str | None, overrides: list[str] = (), stage: str | None = None) -> TrainConfig:
-    """A TrainConfig from YAML + overrides; a string `model` is read as a model YAML path."""
-    from mmrep.config import load
+    """A TrainConfig from YAML + overrides; a string `model` is read as a model YAML path, and `--model.a.b=v`
+    overrides then apply to that file's contents (e.g. `--model.moe.mode=dense` on `model: ../model/tiny.yaml`)."""
+    from mmrep.config import load, parse_override, set_dotted
 
-    cfg = load(TrainConfig, path, [*overrides] + ([f"--stage={stage}"] if stage else []))
+    extra = [f"--stage={stage}"] if stage else []
+    model_overrides = [o for o in overrides if parse_override(o)[0].startswith("model.")]
+    rest = [o for o in overrides if o not in model_overrides]
+    cfg = load(TrainConfig, path, rest + extra)
+    if model_overrides and not isinstance(cfg.model, str):  # an inline model section takes them directly
+        cfg = load(TrainConfig, path, [*overrides] + extra)
     if isinstance(cfg.model, str):
         model_path = Path(cfg.model)
         if not model_path.is_absolute():  # relative to the config file first, then the cwd, then the repo
@@ -127,6 +144,9 @@ def load_config(path: str | None, overrides: list[str] = (), stage: str | None =
         raw = read_yaml(model_path)
         if set(raw) == {"model"} and isinstance(raw["model"], dict):
             raw = raw["model"]
+        for item in model_overrides:
+            key, value = parse_override(item)
+            set_dotted(raw, key[len("model."):], value)
         cfg.model = from_dict(ModelConfig, raw, "model")
     if cfg.optim.micro_batch:
         cfg.data = dataclasses.replace(cfg.data, batch_size=cfg.optim.micro_batch)
@@ -203,15 +223,28 @@ def is_moe(encoder: nn.Module) -> bool:
     return any(getattr(p, "allreduce", True) is False for p in encoder.parameters())
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices, none on biases / norms / temperatures (ndim < 2)."""
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
-              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-    groups = [g for g in groups if g["params"]]
+def param_groups(module: nn.Module, weight_decay: float, lr: float | None = None,
+                 lr_scales: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices, none on biases / norms / temperatures (ndim < 2); each split again
+    by LR multiplier when `lr_scales` maps parameter-name prefixes to one (the longest prefix wins)."""
+    lr_scales = lr_scales or {}
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    unused = [k for k in lr_scales if not any(n == k or n.startswith(k + ".") for n, _ in named)]
+    if unused:
+        raise MmrepError(f"optim.lr_scales: {unused} match no trainable parameter; use name prefixes such as "
+                         "'encoder.layers' or 'encoder.vision'")
+    buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in named:
+        hits = [k for k in lr_scales if name == k or name.startswith(k + ".")]
+        scale = lr_scales[max(hits, key=len)] if hits else 1.0
+        buckets.setdefault((p.ndim >= 2, scale), []).append(p)
+    groups = []
+    for (decays, scale), params in sorted(buckets.items(), key=lambda kv: (not kv[0][0], -kv[0][1])):
+        group = {"params": params, "weight_decay": weight_decay if decays else 0.0,
+                 "name": ("decay" if decays else "no_decay") + (f"@lr×{scale:g}" if scale != 1.0 else "")}
+        if scale != 1.0 and lr is not None:
+            group["lr"] = lr * scale
+        groups.append(group)
     if any(getattr(p, "allreduce", True) is False for p in module.parameters()):
         # DeepSpeed-native expert params must sit in their own groups for ZeRO's expert-parallel reduction
         from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
@@ -362,10 +395,15 @@ class Trainer:
         if self.ds_config["zero_optimization"]["stage"] == 3 and is_moe(self.encoder):
             raise MmrepError("ZeRO-3 does not support Mixture-of-Experts models; use deepspeed.zero_stage 0-2 "
                              "(configs/deepspeed/zero2.json) or model.moe.mode=dense")
-        module.grad_fence = self.world > 1 and self.ds_config["zero_optimization"]["stage"] >= 2
+        # ZeRO-3 gathers partitioned parameters inside each module's forward, so a fence over all of them cannot
+        # be built there; its gradients are reduced by per-parameter hooks rather than by arrival order
+        module.grad_fence = self.world > 1 and self.ds_config["zero_optimization"]["stage"] == 2
         o = cfg.optim
-        optimizer = torch.optim.AdamW(param_groups(module, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-        scheduler = build_scheduler(optimizer, o.warmup_steps, o.total_steps, o.min_lr_ratio)
+        optimizer = torch.optim.AdamW(param_groups(module, o.weight_decay, o.lr, o.lr_scales), lr=o.lr,
+                                      betas=tuple(o.betas), eps=o.eps)
+        self.train_seconds = 0.0  # training time so far, resumed runs included (the time-based schedule reads it)
+        progress = (lambda: self.train_seconds / cfg.max_train_seconds) if o.schedule_over == "time" else None
+        scheduler = build_scheduler(optimizer, o.warmup_steps, o.total_steps, o.min_lr_ratio, progress)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
         self.device = self.engine.device
@@ -457,7 +495,8 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     def trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "samples_seen": self.samples_seen, "data_epoch": self.data_epoch,
-                "batches_in_epoch": self.batches_in_epoch, "world_size": self.world, "stage": self.cfg.stage}
+                "batches_in_epoch": self.batches_in_epoch, "world_size": self.world, "stage": self.cfg.stage,
+                "train_seconds": self.train_seconds}
 
     def save_checkpoint(self) -> str:
         # per-rank data position travels with the RNG file; rank 0's copy goes in the client state
@@ -473,6 +512,7 @@ class Trainer:
                              "resume at the same world size (DeepSpeed's universal checkpoint converts between sizes)")
         self.step = int(state.get("step", 0))
         self.samples_seen = int(state.get("samples_seen", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.data_epoch = int(rank_state.get("data_epoch", state.get("data_epoch", 0)))
         self.batches_in_epoch = int(rank_state.get("batches_in_epoch", state.get("batches_in_epoch", 0)))
         self.resumed_from = tag
@@ -500,11 +540,11 @@ class Trainer:
             self.data_epoch += 1
             self.batches_in_epoch = 0
 
-    def _any_rank(self, flag: bool) -> bool:
-        t = torch.tensor([1.0 if flag else 0.0])
+    def _rank_max(self, *values: float) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
         if self.world > 1:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return t.tolist()
 
     def _mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Average step metrics over ranks (the mean of per-rank losses is the global-batch loss)."""
@@ -562,6 +602,7 @@ class Trainer:
         stream = self._batches(batches)
         timer = StepTimer()
         t0 = time.perf_counter()
+        seconds_before = self.train_seconds  # from the checkpoint when resumed
         stopped_by = "total_steps"
         last_saved = -1
         try:
@@ -582,8 +623,11 @@ class Trainer:
                 self.step += 1
                 self.samples_seen += n_local * self.world
                 timer.step_done(n_local * self.world)
-                over_time = bool(cfg.max_train_seconds) and time.perf_counter() - t0 >= cfg.max_train_seconds
-                halt = self._any_rank(over_time or stop["signal"])
+                # one all-reduce: every rank sees the slowest rank's clock, so LR and stopping agree
+                signalled, self.train_seconds = self._rank_max(float(stop["signal"]),
+                                                                seconds_before + time.perf_counter() - t0)
+                over_time = bool(cfg.max_train_seconds) and self.train_seconds >= cfg.max_train_seconds
+                halt = over_time or bool(signalled)
                 if self.step % cfg.logging.every_steps == 0 or self.step == o.total_steps or halt:
                     metrics = self._mean_metrics(metrics)
                     metrics.update(timer.pop())

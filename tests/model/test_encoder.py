@@ -274,3 +274,22 @@ def test_runs_under_bf16_autocast(overrides):
     (out.embedding.sum() + out.aux_loss).backward()
     assert enc.preference_logits.grad is None or torch.isfinite(enc.preference_logits.grad).all()
     assert enc.layers[-1].ffn.gate.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["modality", "guided", "dense"])
+def test_identity_init_fusion_starts_as_the_identity_and_still_learns(mode):
+    enc = build("tiny.yaml", "--fusion.identity_init=true", f"--moe.mode={mode}")
+    x = random_inputs(4, seed=2)
+    seq, mask, types = enc.tokens(x)
+    rows = mask.nonzero(as_tuple=True)
+    h = seq
+    for layer in enc.layers:
+        h, _ = layer(h, mask, types, rows)
+    torch.testing.assert_close(h, seq)  # every fusion layer passes its input through unchanged
+    enc.train()
+    target = torch.randn(4, enc.embed_dim, generator=torch.Generator().manual_seed(0))
+    (enc(x).embedding * target).sum().backward()  # any loss: gradients reach the zeroed branches
+    layer = enc.layers[-1]
+    assert layer.out.weight.grad.abs().sum() > 0
+    fc2 = [m.fc2 for m in layer.ffn.modules() if hasattr(m, "fc2")]
+    assert fc2 and any(lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0 for lin in fc2)

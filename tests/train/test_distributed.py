@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 GLOBAL_BATCH = 8
 STAGE = "posttrain"  # the richest objective: gathered in-batch negatives, queue, hard negatives, ω, filtering
@@ -45,15 +46,18 @@ def rank_slice(batch, rank: int, world_size: int):
 TOTAL_STEPS = 5
 
 
-def overrides(world: Path, out: Path, world_size: int) -> list[str]:
+def overrides(world: Path, out: Path, world_size: int, zero: int = 2) -> list[str]:
+    """ZeRO-2 trains the MoE encoder; ZeRO-3 (parameter partitioning) is for dense models, so it trains
+    the "no MoE" ablation (model.moe.mode=dense)."""
     from conftest import train_overrides
 
+    extra = {"model.moe.mode": "dense"} if zero == 3 else {}
     return train_overrides(world, out, STAGE, init_from="", **{
         "data.batch_size": GLOBAL_BATCH // world_size, "optim.total_steps": TOTAL_STEPS, "optim.warmup_steps": 1,
-        "deepspeed.config": "configs/deepspeed/zero2.json", "checkpoint.keep_last": 3,
+        "deepspeed.config": f"configs/deepspeed/zero{zero}.json", "checkpoint.keep_last": 3,
         # the MoE load-balancing loss is per encoder call, i.e. per rank's micro-batch (as in any
         # expert-parallel MoE): the one term that legitimately differs; every other term is global
-        "loss.aux_coef": 0.0})
+        "loss.aux_coef": 0.0, **extra})
 
 
 def worker(argv: list[str]) -> None:
@@ -68,22 +72,24 @@ def worker(argv: list[str]) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--zero", type=int, default=2)
     ap.add_argument("--local_rank", type=int, default=0)
     args, _ = ap.parse_known_args(argv)
     extra = ["--checkpoint.resume=latest"] if args.resume else []
     cfg = load_config(str(REPO / "configs/train" / f"{STAGE}-tiny.yaml"),
-                      overrides(args.world, args.out, 2) + extra)
+                      overrides(args.world, args.out, 2, args.zero) + extra)
     trainer = Trainer(cfg, build_loader=False)
     batches = [rank_slice(b, trainer.rank, trainer.world) for b in global_batches(trainer, args.world, args.steps)]
     trainer.fit(batches[trainer.step:])
 
 
-def launch(th, world: Path, out: Path, steps: int, resume: bool = False) -> str:
+def launch(th, world: Path, out: Path, steps: int, resume: bool = False, zero: int = 2) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [str(th.repo / ".venv/bin/deepspeed"), "--num_gpus", "2", "--master_port", str(port), __file__,
-           "--worker", "--world", str(world), "--out", str(out), "--steps", str(steps)] + (["--resume"] if resume else [])
+           "--worker", "--world", str(world), "--out", str(out), "--steps", str(steps), "--zero", str(zero)] + (
+               ["--resume"] if resume else [])
     proc = subprocess.run(cmd, cwd=th.repo, env=th.env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -118,6 +124,34 @@ def test_two_ranks_zero2_match_one_process_and_resume(th, tiny_world, tmp_path):
     one = losses(single)
     for step in range(1, 6):
         assert two[step] == pytest.approx(one[step], abs=1e-5), (step, two, one)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.xfail(strict=True, reason="known bug: 2-rank ZeRO-3 post-training of the dense tiny encoder crashes "
+                   "(rank 1 exits during the first step, rank 0 then loses its gloo peer); see the issue note")
+def test_two_ranks_zero3_dense_match_one_process_and_export(th, tiny_world, tmp_path):
+    """ZeRO-3 partitions the dense encoder's parameters over the 2 ranks: the losses still equal one plain
+    process (ZeRO-0) on the same global batches, and the export gathers the full weights."""
+    from mmrep.model import load_encoder
+    from mmrep.train.trainer import Trainer, load_config
+
+    out = tmp_path / "two"
+    launch(th, tiny_world, out, steps=3, zero=3)
+    two = losses(out)
+    single = tmp_path / "one"
+    cfg = load_config(str(th.repo / "configs/train" / f"{STAGE}-tiny.yaml"),
+                      overrides(tiny_world, single, 1, zero=3) + ["--deepspeed.config=configs/deepspeed/zero0.json"])
+    trainer = Trainer(cfg, build_loader=False)
+    trainer.fit(global_batches(trainer, tiny_world, 3))
+    one = losses(single)
+    assert sorted(two) == [1, 2, 3]
+    for step in range(1, 4):
+        assert two[step] == pytest.approx(one[step], abs=1e-5), (step, two, one)
+    a, b = load_encoder(out / "encoder").state_dict(), load_encoder(single / "encoder").state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=1e-5), k
 
 
 if __name__ == "__main__" and "--worker" in sys.argv:

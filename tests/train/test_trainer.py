@@ -20,6 +20,49 @@ def test_warmup_cosine_shape():
     assert all(a >= b for a, b in zip(lr[3:], lr[4:]))  # then non-increasing
     assert lr[-1] > 0.1 and warmup_cosine(20, 4, 20, 0.1) == pytest.approx(0.1)  # ends at min_ratio
     assert warmup_cosine(10, 0, 20) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    # with a progress fraction (time budget) the cosine ignores the step count after warmup
+    assert warmup_cosine(2, 4, 20, progress=0.9) == pytest.approx(0.75)  # still warming up
+    assert warmup_cosine(7, 4, 20, 0.1, progress=0.5) == pytest.approx(0.55)
+    assert warmup_cosine(7, 4, 20, 0.1, progress=1.7) == pytest.approx(0.1)  # past the budget: clamped
+
+
+def test_lr_scales_split_groups_by_longest_prefix_and_reject_typos():
+    from torch import nn
+
+    from mmrep.train.trainer import param_groups
+
+    m = nn.Module()
+    m.encoder = nn.Module()
+    m.encoder.layers = nn.Linear(3, 3)
+    m.encoder.layers_extra = nn.Linear(3, 3)  # a prefix of a name is not a match: "layers" != "layers_extra"
+    m.encoder.proj = nn.Linear(3, 3)
+    m.encoder.proj.weight.requires_grad_(False)  # frozen parameters join no group
+    groups = param_groups(m, 0.05, 1e-3, {"encoder": 0.5, "encoder.layers": 0.1})
+    by_name = {g["name"]: g for g in groups}
+    assert sorted(by_name) == ["decay@lr×0.1", "decay@lr×0.5", "no_decay@lr×0.1", "no_decay@lr×0.5"]
+    assert by_name["decay@lr×0.1"]["params"] == [m.encoder.layers.weight]
+    assert by_name["decay@lr×0.1"]["lr"] == pytest.approx(1e-4) and by_name["decay@lr×0.5"]["lr"] == pytest.approx(5e-4)
+    assert by_name["no_decay@lr×0.5"]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == 5
+    assert [g["name"] for g in param_groups(m, 0.05, 1e-3)] == ["decay", "no_decay"]  # no scales: as before
+    with pytest.raises(MmrepError, match=r"optim.lr_scales: \['encoder.layer'\] match no trainable parameter"):
+        param_groups(m, 0.05, 1e-3, {"encoder.layer": 0.1})
+
+
+def test_time_schedule_spans_the_budget_and_travels_with_checkpoints(th, tiny_world, tmp_path):
+    from mmrep.train.trainer import Trainer
+
+    cfg = th.config(tiny_world, tmp_path / "t", max_train_seconds=100.0, **{
+        "optim.schedule_over": "time", "optim.warmup_steps": 0, "optim.min_lr_ratio": 0.0, "optim.total_steps": 10**6})
+    trainer = Trainer(cfg, build_loader=False)
+    for seconds in (0.0, 25.0, 50.0, 100.0, 150.0):
+        trainer.train_seconds = seconds
+        trainer.scheduler.step()
+        expected = cfg.optim.lr * 0.5 * (1 + math.cos(math.pi * min(seconds / 100.0, 1.0)))
+        assert trainer.scheduler.get_last_lr()[0] == pytest.approx(expected, abs=1e-12), seconds
+    assert trainer.trainer_state()["train_seconds"] == 150.0  # a resumed run continues the budget and the LR
+    with pytest.raises(MmrepError, match="schedule_over 'time' needs a time budget"):
+        th.config(tiny_world, tmp_path / "u", **{"optim.schedule_over": "time"})
 
 
 def test_config_composes_sections_and_rejects_bad_keys(th, tiny_world, tmp_path):
@@ -35,6 +78,11 @@ def test_config_composes_sections_and_rejects_bad_keys(th, tiny_world, tmp_path)
         load_config(str(th.repo / "configs/train/pretrain-tiny.yaml"), ["--deepspeed.zero_stage=5"])
     with pytest.raises(MmrepError, match="pairs"):
         load_config(str(th.repo / "configs/train/align-tiny.yaml"), ["--pairs="])
+    # --model.* overrides reach into the model YAML the config names, and are validated there
+    dense = load_config(str(th.repo / "configs/train/pretrain-tiny.yaml"), ["--model.moe.mode=dense"])
+    assert dense.model.moe.mode == "dense" and dense.model.embed_dim == 64
+    with pytest.raises(MmrepError, match="moe.bogus"):
+        load_config(str(th.repo / "configs/train/pretrain-tiny.yaml"), ["--model.moe.bogus=1"])
 
 
 def test_cli_parses_top_level_keys_and_resume(th, tiny_world, tmp_path):

@@ -395,6 +395,12 @@ class Trainer:
         if self.ds_config["zero_optimization"]["stage"] == 3 and is_moe(self.encoder):
             raise MmrepError("ZeRO-3 does not support Mixture-of-Experts models; use deepspeed.zero_stage 0-2 "
                              "(configs/deepspeed/zero2.json) or model.moe.mode=dense")
+        if self.ds_config["zero_optimization"]["stage"] == 3 and self.world > 1:
+            import warnings
+
+            warnings.warn("ZeRO-3 on several ranks needs every rank to make the same encoder calls; a micro-batch "
+                          "that lacks a query view or a modality skips calls and gloo/NCCL then abort (known bug). "
+                          "Prefer ZeRO-2 (configs/deepspeed/zero2.json) unless every micro-batch holds every view")
         # ZeRO-3 gathers partitioned parameters inside each module's forward, so a fence over all of them cannot
         # be built there; its gradients are reduced by per-parameter hooks rather than by arrival order
         module.grad_fence = self.world > 1 and self.ds_config["zero_optimization"]["stage"] == 2

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
@@ -229,13 +230,17 @@ def param_groups(module: nn.Module, weight_decay: float, lr: float | None = None
     by LR multiplier when `lr_scales` maps parameter-name prefixes to one (the longest prefix wins)."""
     lr_scales = lr_scales or {}
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    unused = [k for k in lr_scales if not any(n == k or n.startswith(k + ".") for n, _ in named)]
+
+    def under(name: str, prefix: str) -> bool:  # "encoder.layers" covers encoder.layers.*, not encoder.layers_x
+        return name == prefix or name.startswith(prefix + ".")
+
+    unused = [k for k in lr_scales if not any(under(n, k) for n, _ in named)]
     if unused:
         raise MmrepError(f"optim.lr_scales: {unused} match no trainable parameter; use name prefixes such as "
                          "'encoder.layers' or 'encoder.vision'")
     buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in named:
-        hits = [k for k in lr_scales if name == k or name.startswith(k + ".")]
+        hits = [k for k in lr_scales if under(name, k)]
         scale = lr_scales[max(hits, key=len)] if hits else 1.0
         buckets.setdefault((p.ndim >= 2, scale), []).append(p)
     groups = []
@@ -392,18 +397,17 @@ class Trainer:
         self.objective = build_objective(cfg.stage, cfg.loss, int(self.encoder.embed_dim))
         module = TrainModule(self.encoder, self.objective)
         self.ds_config = deepspeed_config(cfg, use_bf16)
-        if self.ds_config["zero_optimization"]["stage"] == 3 and is_moe(self.encoder):
+        zero_stage = self.ds_config["zero_optimization"]["stage"]
+        if zero_stage == 3 and is_moe(self.encoder):
             raise MmrepError("ZeRO-3 does not support Mixture-of-Experts models; use deepspeed.zero_stage 0-2 "
                              "(configs/deepspeed/zero2.json) or model.moe.mode=dense")
-        if self.ds_config["zero_optimization"]["stage"] == 3 and self.world > 1:
-            import warnings
-
+        if zero_stage == 3 and self.world > 1:
             warnings.warn("ZeRO-3 on several ranks needs every rank to make the same encoder calls; a micro-batch "
                           "that lacks a query view or a modality skips calls and gloo/NCCL then abort (known bug). "
                           "Prefer ZeRO-2 (configs/deepspeed/zero2.json) unless every micro-batch holds every view")
         # ZeRO-3 gathers partitioned parameters inside each module's forward, so a fence over all of them cannot
         # be built there; its gradients are reduced by per-parameter hooks rather than by arrival order
-        module.grad_fence = self.world > 1 and self.ds_config["zero_optimization"]["stage"] == 2
+        module.grad_fence = self.world > 1 and zero_stage == 2
         o = cfg.optim
         optimizer = torch.optim.AdamW(param_groups(module, o.weight_decay, o.lr, o.lr_scales), lr=o.lr,
                                       betas=tuple(o.betas), eps=o.eps)
@@ -466,8 +470,6 @@ class Trainer:
 
     def collator(self, train: bool = True):
         """The Collator matching the encoder: its tokenizer, image size / normalisation, and crop view."""
-        import warnings
-
         from mmrep.data.collate import Collator
         from mmrep.data.tokenize import ProductTokenizer
         from mmrep.data.transforms import ImageTransform

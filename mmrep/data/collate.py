@@ -13,12 +13,13 @@ from typing import Any, Callable, Sequence
 import torch
 
 from mmrep.batch import EncoderInput
-from mmrep.data.tokenize import ProductTokenizer, pad_tokens
+from mmrep.data.tokenize import ProductTokenizer, TextViews, pad_tokens
 from mmrep.data.transforms import CorruptSample, ImageTransform
 from mmrep.errors import MmrepError
 from mmrep.records import Product, Query, Triplet
 
 ImageFn = Callable[[bytes], torch.Tensor]
+ImagesPrep = Callable[[list[bytes]], list[bytes]]  # a product's encoded images -> the images it is fed with
 
 
 @dataclass
@@ -77,22 +78,30 @@ def category_key(path: Sequence[str]) -> str:
 
 
 class Collator:
-    """Builds `EncoderInput`s; items keep their first `max_images` images, missing modalities are masked."""
+    """Builds `EncoderInput`s; items keep their first `max_images` images, missing modalities are masked.
+
+    `images_prep` rewrites a product's image list before decoding (MOON's core-region crops fed as extra
+    images); `text_views` samples which text fields each product presents (training only). Build one
+    for a model with `mmrep.model.preprocess`, so training, export and evaluation feed the same inputs.
+    """
 
     def __init__(self, tokenizer: ProductTokenizer, transform: ImageFn, max_images: int,
-                 view_transform: ImageFn | None = None):
+                 view_transform: ImageFn | None = None, images_prep: ImagesPrep | None = None,
+                 text_views: TextViews | None = None):
         if max_images < 0:
             raise MmrepError(f"max_images must be >= 0, got {max_images}")
         self.tokenizer = tokenizer
         self.transform = transform
         self.max_images = max_images
         self.view_transform = view_transform
+        self.images_prep = images_prep
+        self.text_views = text_views
         self.image_size = getattr(transform, "image_size", None)
 
     # -- per record ---------------------------------------------------------------------------
-    def _images(self, fn: ImageFn, images: Sequence[bytes], key: str) -> list[torch.Tensor]:
+    def _images(self, fn: ImageFn, images: Sequence[bytes], key: str, limit: int | None = None) -> list[torch.Tensor]:
         out = []
-        for data in images[: self.max_images]:
+        for data in images[: self.max_images if limit is None else limit]:
             try:
                 out.append(fn(data, key) if _takes_key(fn) else fn(data))
             except CorruptSample:
@@ -104,8 +113,20 @@ class Collator:
 
     def prepare_product(self, p: Product) -> PreparedItem:
         view = self._images(self.view_transform, p.images, p.id) if self.view_transform else None
-        return PreparedItem(p.id, self._images(self.transform, p.images, p.id), self.tokenizer.encode_product(p),
-                            category_key(p.category), dict(p.labels), view)
+        images, limit = p.images, self.max_images
+        if self.images_prep is not None and images:
+            # MOON's "original + core-region crop": each image followed by its crop, [o0, c0, o1, c1, ...], so the
+            # first pair survives any max_images >= 2 and a slot means the same in training, export and eval
+            try:
+                crops = self.images_prep(list(images[: self.max_images]))
+            except Exception as e:  # undecodable bytes: the same skip-and-count path as a bad image
+                detail = f"image cannot be cropped ({type(e).__name__}: {e})"
+                raise CorruptSample(f"sample {p.id}: {detail}", key=p.id, reason="bad_image", detail=detail) from None
+            images = [im for pair in zip(images, crops) for im in pair]
+            limit = max(self.max_images, 2)
+        text_view = self.text_views.sample() if self.text_views is not None else "full"
+        return PreparedItem(p.id, self._images(self.transform, images, p.id, limit),
+                            self.tokenizer.encode_product(p, text_view), category_key(p.category), dict(p.labels), view)
 
     def prepare_query(self, q: Query) -> PreparedItem:
         return PreparedItem(q.id, self._images(self.transform, q.images, q.id), self.tokenizer.encode_query(q),

@@ -21,10 +21,10 @@ import random
 import re
 import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import torch
 import webdataset as wds
@@ -55,8 +55,15 @@ class DataConfig:
     strict: bool = False  # fail on the first corrupt sample instead of skipping it
     seed: int = 0
     eval_split: Literal["auto", "shard", "sample"] = "auto"  # how eval work is split over ranks × workers
+    # training only: the text view each product presents, drawn per sample ({view: weight}; views: full,
+    # title_category, title). Queries are short, so products train on short views too; export and
+    # evaluation always encode the full text. {full: 1} trains on the full record only.
+    text_views: dict[str, float] = field(default_factory=lambda: {"title": 0.4, "title_category": 0.2, "full": 0.4})
 
     def __post_init__(self) -> None:
+        from mmrep.data.tokenize import TextViews
+
+        TextViews(self.text_views)  # validates names and weights
         for name, low in (("batch_size", 1), ("num_workers", 0), ("max_images", 0), ("shuffle_buffer", 0),
                           ("epoch_length", 0)):
             if getattr(self, name) < low:
@@ -531,10 +538,3 @@ def iter_triplets(source: str | Path | Sequence[str | Path], strict: bool = Fals
             yield r
 
 
-def build_collator(tokenizer: Any, image_size: int, mean: Sequence[float], std: Sequence[float], max_images: int,
-                   train: bool, seed: int | None = None, view_transform: Callable | None = None) -> Collator:
-    """Convenience: a Collator with an ImageTransform matching a model's image settings."""
-    from mmrep.data.transforms import ImageTransform
-
-    return Collator(tokenizer, ImageTransform(image_size, mean, std, train=train, seed=seed), max_images,
-                    view_transform=view_transform)

@@ -1,13 +1,18 @@
 """Segment-aware tokenization: a product's text fields become one token sequence with a type per token.
 
 Layout: [SOT] title | category path | attribute "key: value" ... | description [EOT], truncated to
-`context_length` (EOT always kept). Queries: [SOT] query text [EOT]. With the open_clip backend the
+`context_length` (EOT always kept). A *text view* picks which fields a product presents: "full" (all of
+them: what export and evaluation encode), "title_category" or "title". Training samples views
+(`TextViews`) so the text a product shows in training covers how it is queried (titles, short
+phrases), not only its full catalogue record. Queries: [SOT] query text [EOT]. With the open_clip backend the
 ids are exactly open_clip's (SOT 49406, EOT 49407), so an open_clip text tower can read them
 directly (it pools at the argmax id, the EOT).
 """
 
 from __future__ import annotations
 
+import random
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,6 +38,35 @@ class TokenizerConfig:
             raise MmrepError("tokenizer.path must name a local Hugging Face tokenizer directory when backend is 'hf'")
         if self.context_length < 3:
             raise MmrepError("tokenizer.context_length must be at least 3")
+
+
+TEXT_VIEWS = ("full", "title_category", "title")
+
+
+class TextViews:
+    """Draws a text view per product from `weights` ({view: probability}); per-worker seeded streams."""
+
+    def __init__(self, weights: dict[str, float], seed: int | None = None):
+        unknown = sorted(set(weights) - set(TEXT_VIEWS))
+        if unknown or not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise MmrepError(f"data.text_views {weights} must map views from {TEXT_VIEWS} to weights >= 0 with a "
+                             "positive sum, e.g. {title: 0.5, title_category: 0.2, full: 0.3}")
+        self.views = list(weights)
+        self.weights = [float(weights[v]) for v in self.views]
+        self.seed = seed
+        self._rng: random.Random | None = None
+        self._owner: tuple | None = None
+
+    def sample(self) -> str:
+        import torch.utils.data
+
+        info = torch.utils.data.get_worker_info()  # each DataLoader worker and pass draws its own stream
+        owner = (info.id, info.seed) if info else None
+        if self._rng is None or owner != self._owner:
+            base = self.seed if self.seed is not None else random.randrange(2**31)
+            self._rng = random.Random(zlib.crc32(repr((base, owner, "text-views")).encode()))
+            self._owner = owner
+        return self._rng.choices(self.views, self.weights)[0]
 
 
 class ProductTokenizer:
@@ -79,12 +113,16 @@ class ProductTokenizer:
             cache[text] = tuple(ids)
         return list(ids)
 
-    def segments_for_product(self, p: Product) -> list[tuple[str, TokenType]]:
+    def segments_for_product(self, p: Product, view: str = "full") -> list[tuple[str, TokenType]]:
+        """The typed text segments of one text view; a view that would be empty falls back to "full"."""
         segs = [(p.title, TokenType.TITLE)]
-        if p.category:
+        if view != "title" and p.category:
             segs.append((" > ".join(p.category), TokenType.CATEGORY))
-        segs += [(f"{k}: {v}", TokenType.ATTRIBUTE) for k, v in p.attributes.items() if str(v).strip()]
-        segs.append((p.description, TokenType.DESCRIPTION))
+        if view == "full":
+            segs += [(f"{k}: {v}", TokenType.ATTRIBUTE) for k, v in p.attributes.items() if str(v).strip()]
+            segs.append((p.description, TokenType.DESCRIPTION))
+        elif not any(text.strip() for text, _ in segs):
+            return self.segments_for_product(p, "full")
         return segs
 
     def encode_segments(self, segments: Sequence[tuple[str, TokenType]]) -> tuple[list[int], list[int]]:
@@ -101,8 +139,8 @@ class ProductTokenizer:
         ids, types = ids[:budget], types[:budget]
         return [self.sot_id, *ids, self.eot_id], [int(TokenType.SPECIAL), *types, int(TokenType.SPECIAL)]
 
-    def encode_product(self, p: Product) -> tuple[list[int], list[int]]:
-        return self.encode_segments(self.segments_for_product(p))
+    def encode_product(self, p: Product, view: str = "full") -> tuple[list[int], list[int]]:
+        return self.encode_segments(self.segments_for_product(p, view))
 
     def encode_query(self, q: Query | str) -> tuple[list[int], list[int]]:
         text = q if isinstance(q, str) else q.text

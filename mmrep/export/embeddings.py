@@ -80,8 +80,6 @@ def open_encoder(path: str | Path | None = None, config: str | Path | None = Non
                  max_images: int = 4, name: str = "", device: str = "auto") -> EncoderHandle:
     """A trained encoder dir (`save_encoder` output) or a model config YAML (random init with `seed`)."""
     from mmrep.config import from_dict, read_yaml, to_dict
-    from mmrep.data.readers import build_collator
-    from mmrep.data.tokenize import ProductTokenizer
     from mmrep.model.config import ModelConfig
     from mmrep.model.encoder import CONFIG_FILE, WEIGHTS_FILE, build_encoder, load_encoder
 
@@ -106,8 +104,9 @@ def open_encoder(path: str | Path | None = None, config: str | Path | None = Non
         fingerprint = hashlib.sha256(json.dumps([to_dict(cfg), seed], sort_keys=True).encode()).hexdigest()[:16]
         label = name or f"{Path(config).stem} (random init, seed {seed})"
     cfg = encoder.cfg
-    collator = build_collator(ProductTokenizer(cfg.tokenizer), cfg.image_size, cfg.image_mean, cfg.image_std,
-                              max_images=max_images, train=False)
+    from mmrep.model.preprocess import build_preprocess
+
+    collator = build_preprocess(cfg, max_images=max_images)  # crops included: the same inputs as in training
     device = resolve_device(device)
     return EncoderHandle(encoder.to(device), collator, label, fingerprint, device)
 
@@ -139,12 +138,9 @@ def embed_records(handle: EncoderHandle, records: Sequence[Product | Query], vie
     from mmrep.model.encoder import matryoshka
 
     out = []
-    crop = getattr(handle.encoder.cfg, "crop", "none") == "extra_image"
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         if isinstance(chunk[0], Product):
-            if crop:  # MOON: catalogue images are fed together with their core-region crops
-                chunk = [_with_crops(p) for p in chunk]
             inputs = handle.collator.products(chunk).inputs
         else:
             inputs = handle.collator.queries(chunk)
@@ -154,14 +150,6 @@ def embed_records(handle: EncoderHandle, records: Sequence[Product | Query], vie
         out.append(emb.cpu().numpy())
     d = dim or handle.embed_dim
     return np.concatenate(out) if out else np.zeros((0, d), dtype=np.float32)
-
-
-def _with_crops(p: Product) -> Product:
-    from dataclasses import replace
-
-    from mmrep.model.crop import with_core_regions
-
-    return replace(p, images=with_core_regions(p.images), image_exts=p.image_exts + ["jpg"] * len(p.images))
 
 
 @torch.inference_mode()

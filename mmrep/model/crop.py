@@ -136,21 +136,15 @@ def core_region_view(transform: Callable[[bytes], object] | None = None, name: s
     return view
 
 
-def with_core_regions(images: list[bytes], name: str = "border") -> list[bytes]:
-    """Original images followed by their crops ("feed original + crop": the crops become extra images)."""
-    crop = CoreRegionCrop(name)
-    return list(images) + [crop(im) for im in images]
-
-
 def collator_hooks(cfg, transform: Callable[[bytes], object]) -> tuple[Callable | None, Callable | None]:
-    """What `ModelConfig.crop` asks of the data layer: (view_transform for the Collator, images -> images prep).
+    """What `ModelConfig.crop` asks of the data layer: (view_transform for the Collator, images -> their crops).
 
-    "view": the crop is a second view (pretraining view alignment); "extra_image": original + crop are
-    both fed as the item's images; "none": (None, None).
+    "view": the crop is a second view (pretraining view alignment); "extra_image": each image is fed
+    followed by its crop (the Collator interleaves them); "none": (None, None).
     """
     if cfg.crop == "view":
         return core_region_view(transform, cfg.cropper), None
     if cfg.crop == "extra_image":
         crop = CoreRegionCrop(cfg.cropper)
-        return None, lambda images: list(images) + [crop(im) for im in images]
+        return None, lambda images: [crop(im) for im in images]
     return None, None

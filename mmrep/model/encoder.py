@@ -103,13 +103,6 @@ def matryoshka(embedding: torch.Tensor, dim: int) -> torch.Tensor:
     return F.normalize(embedding[..., :dim], dim=-1)
 
 
-def image_transform(cfg: ModelConfig, train: bool = False, seed: int | None = None):
-    """The data layer's ImageTransform matching this model (size, mean, std)."""
-    from mmrep.data.transforms import ImageTransform
-
-    return ImageTransform(cfg.image_size, cfg.image_mean, cfg.image_std, train=train, seed=seed)
-
-
 def build_encoder(cfg: ModelConfig, load_pretrained: bool = True) -> Encoder:
     """The encoder for `cfg.backbone`; `load_pretrained=False` skips tower weights (load_encoder fills them)."""
     from mmrep.model import clip, fusion, mllm

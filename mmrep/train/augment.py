@@ -319,14 +319,11 @@ class MmrepScorer:
     """A trained mmrep encoder dir: cosine of the image-only and title-only embeddings."""
 
     def __init__(self, checkpoint: str):
-        from mmrep.data.readers import build_collator
-        from mmrep.data.tokenize import ProductTokenizer
         from mmrep.model.encoder import load_encoder
+        from mmrep.model.preprocess import build_preprocess
 
         self.encoder = load_encoder(checkpoint)
-        cfg = self.encoder.cfg
-        self.collator = build_collator(ProductTokenizer(cfg.tokenizer), cfg.image_size, cfg.image_mean, cfg.image_std,
-                                       max_images=1, train=False)
+        self.collator = build_preprocess(self.encoder.cfg, max_images=1)
 
     def score(self, images: Sequence[bytes], titles: Sequence[str]) -> np.ndarray:
         import torch

@@ -469,23 +469,11 @@ class Trainer:
         return build_encoder(self.cfg.model)
 
     def collator(self, train: bool = True):
-        """The Collator matching the encoder: its tokenizer, image size / normalisation, and crop view."""
-        from mmrep.data.collate import Collator
-        from mmrep.data.tokenize import ProductTokenizer
-        from mmrep.data.transforms import ImageTransform
-        from mmrep.model.crop import collator_hooks
+        """The model's preprocessing (`build_preprocess`, as export uses it) with this run's text views."""
+        from mmrep.model.preprocess import build_preprocess
 
-        m = self.model_cfg
-
-        def transform(salt: int):
-            return ImageTransform(m.image_size, m.image_mean, m.image_std, train=train,
-                                  seed=self.cfg.seed + 7 * self.rank + salt)
-
-        view, prep = collator_hooks(m, transform(1))
-        if prep is not None:
-            warnings.warn("model.crop 'extra_image' is not applied by the training collator (no image hook in "
-                          "mmrep.data.collate); the items train on their original images only")
-        return Collator(ProductTokenizer(m.tokenizer), transform(0), self.cfg.data.max_images, view_transform=view)
+        return build_preprocess(self.model_cfg, self.cfg.data.max_images, train=train,
+                                seed=self.cfg.seed + 7 * self.rank, text_views=self.cfg.data.text_views)
 
     def _build_loader(self):
         from mmrep.data.readers import train_loader
@@ -691,10 +679,11 @@ class Trainer:
 
 
 def _accumulate(sums: dict[str, float], out: Any) -> None:
-    sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach())
+    """Add one micro-batch's metrics to `sums`; "loss" is always the optimised loss, counted once."""
     for k, v in (getattr(out, "metrics", None) or {}).items():
-        if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1):
+        if k != "loss" and (isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)):
             sums[k] = sums.get(k, 0.0) + float(v)
+    sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach())
 
 
 def _main_thread() -> bool:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mmrep.errors import MmrepError
-from mmrep.model.crop import BorderCropper, CoreRegionCrop, core_region_view, register_cropper, with_core_regions
+from mmrep.model.crop import BorderCropper, CoreRegionCrop, core_region_view, register_cropper
 
 DATA = Path("/work/shared/data/fashion_product_images_small/images")
 
@@ -58,13 +58,11 @@ def test_bytes_in_bytes_out_and_pil_in_pil_out():
     assert transparent[:2] == b"\xff\xd8" and Image.open(io.BytesIO(transparent)).mode == "RGB"  # JPEG, as labelled
 
 
-def test_view_transform_and_extra_images():
+def test_view_transform():
     raw = to_bytes(product_photo())
     sizes = []
     view = core_region_view(lambda data: sizes.append(Image.open(io.BytesIO(data)).size) or "tensor")
     assert view(raw) == "tensor" and sizes[0][0] < 120
-    both = with_core_regions([raw, raw])
-    assert len(both) == 4 and both[:2] == [raw, raw]
 
 
 def test_corrupt_bytes_and_unknown_cropper_are_user_errors():
@@ -106,4 +104,5 @@ def test_collator_hooks_follow_the_model_config():
     view, prep = collator_hooks(tiny_config("tiny.yaml", "--crop=view"), lambda b: Image.open(io.BytesIO(b)).size)
     assert prep is None and view(raw)[0] < 120
     view, prep = collator_hooks(tiny_config("tiny.yaml", "--crop=extra_image"), lambda b: b)
-    assert view is None and len(prep([raw])) == 2
+    crops = prep([raw, raw])
+    assert view is None and len(crops) == 2 and Image.open(io.BytesIO(crops[0])).size[0] < 120

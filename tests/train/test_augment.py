@@ -177,17 +177,16 @@ class WrongColourTitle:
 @pytest.fixture(scope="module")
 def trained_clip(tmp_path_factory):
     """A tiny open_clip two-tower (mmrep backbone "clip") trained to match colour images and titles."""
-    from mmrep.data.readers import build_collator
-    from mmrep.data.tokenize import ProductTokenizer
     from mmrep.model.clip import export_open_clip
     from mmrep.model.config import ModelConfig
     from mmrep.model.encoder import build_encoder, save_encoder
+    from mmrep.model.preprocess import build_preprocess
     from mmrep.train.losses import ContrastiveLoss
 
     cfg = config.load(ModelConfig, ROOT / "configs" / "model" / "clip-tiny.yaml")
     torch.manual_seed(0)
     enc = build_encoder(cfg, load_pretrained=False)
-    col = build_collator(ProductTokenizer(cfg.tokenizer), cfg.image_size, cfg.image_mean, cfg.image_std, 1, train=False)
+    col = build_preprocess(cfg, max_images=1)
     items = products()
     images = col.products([Product(id=p.id, images=p.images) for p in items]).inputs
     titles = col.products([Product(id=p.id, title=p.title) for p in items]).inputs

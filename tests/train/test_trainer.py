@@ -243,3 +243,21 @@ def test_align_stage_and_time_budget(th, tiny_world, tmp_path):
     assert (out / "encoder" / "model.safetensors").is_file()
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["step"] == 1 and "loss/align" in row
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "posttrain"])
+def test_logged_loss_is_the_optimised_loss(th, tiny_world, tmp_path, stage):
+    """The `loss` a step logs equals the loss the objective returns for that batch (it was once counted twice)."""
+    import torch
+
+    from mmrep.train.trainer import Trainer, to_device
+
+    trainer = Trainer(th.config(tiny_world, tmp_path / stage, stage, init_from="", **{"optim.total_steps": 1}),
+                      build_loader=False)
+    batch = (_triplet_batches(trainer, tiny_world, 1) if stage == "posttrain"
+             else _fixed_batches(trainer, tiny_world, 1, 8))[0]
+    trainer.engine.train()
+    with torch.no_grad():  # the same weights, batch and step the optimizer step below sees
+        out, _ = trainer.engine(to_device(batch, trainer.device), mode="loss", step=0, total_steps=1)
+    metrics = trainer.train_step([batch])
+    assert metrics["loss"] == pytest.approx(float(out.loss), rel=1e-5)

@@ -163,7 +163,8 @@ def merge_topk(
 
 
 def classification_metrics(y_true: Sequence, y_pred: Sequence) -> dict[str, float]:
-    """Accuracy and macro precision / recall / F1 (labels = union of y_true and y_pred)."""
+    """Accuracy and macro precision / recall / F1 (labels = union of y_true and y_pred), and the accuracy of
+    always predicting the most frequent true label (`majority_accuracy`: the bar a classifier must clear)."""
     if len(y_true) != len(y_pred):
         raise ValueError("y_true and y_pred differ in length")
     if not len(y_true):
@@ -187,6 +188,7 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence) -> dict[str, floa
         "macro_precision": float(np.mean(ps)),
         "macro_recall": float(np.mean(rs)),
         "macro_f1": float(np.mean(fs)),
+        "majority_accuracy": float(np.unique(yt, return_counts=True)[1].max() / len(yt)),
         "samples": int(len(yt)),
         "classes": int(len(labels)),
     }

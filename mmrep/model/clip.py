@@ -34,6 +34,16 @@ def clip_model_cfg(cfg: ModelConfig, load_pretrained: bool = True) -> dict[str, 
         if model_cfg["embed_dim"] != cfg.embed_dim:
             raise MmrepError(f"model.embed_dim ({cfg.embed_dim}) must equal {cfg.clip.name}'s {model_cfg['embed_dim']}")
         model_cfg["vision_cfg"] = dict(model_cfg["vision_cfg"], image_size=cfg.image_size)
+    elif cfg.vision.backend == "timm" and cfg.vision.name:
+        t = cfg.text
+        model_cfg = {
+            "embed_dim": cfg.embed_dim,
+            # open_clip's timm tower: the trunk's pooled features, then a linear projection (weights: see below)
+            "vision_cfg": {"image_size": cfg.image_size, "timm_model_name": cfg.vision.name,
+                           "timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": "linear"},
+            "text_cfg": {"context_length": cfg.tokenizer.context_length, "vocab_size": OPEN_CLIP_VOCAB,
+                         "width": t.width, "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_ratio},
+        }
     else:
         v, t = cfg.vision, cfg.text
         model_cfg = {
@@ -75,6 +85,15 @@ class ClipEncoder(Encoder):
             self.model_cfg["text_cfg"]["hf_model_pretrained"] = False
             if cfg.text.trainable_layers >= 0:
                 self.clip.lock_text_tower(unlocked_layers=cfg.text.trainable_layers)
+        self.timm_vision = "timm_model_name" in self.model_cfg["vision_cfg"]
+        if self.timm_vision and cfg.vision.pretrained and load_pretrained:
+            from mmrep.pretrained import load_weights, resolve_weights_file
+            from mmrep.model.towers import load_ported_state
+
+            path = resolve_weights_file(cfg.vision.pretrained, "model.vision.pretrained")
+            load_ported_state(self.clip.visual.trunk, load_weights(path), f"model.vision.pretrained {path}")
+        if cfg.vision.trainable_layers >= 0:
+            self.clip.lock_image_tower(unlocked_groups=cfg.vision.trainable_layers)
         if cfg.clip.name and cfg.clip.pretrained and load_pretrained:
             from open_clip.model import resize_pos_embed
 
@@ -91,6 +110,11 @@ class ClipEncoder(Encoder):
         super().train(mode)
         if self.hf_text and self.cfg.text.trainable_layers == 0:
             self.clip.text.transformer.eval()  # a frozen tower is a fixed feature extractor: no dropout noise
+        if mode and self.cfg.vision.trainable_layers >= 0:
+            # a locked pretrained tower keeps its BatchNorm statistics: small CPU batches would only add noise
+            for m in self.clip.visual.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
     def encode(self, inputs: EncoderInput) -> tuple[torch.Tensor, list[tuple[Routing, torch.Tensor]]]:

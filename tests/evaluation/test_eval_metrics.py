@@ -113,6 +113,7 @@ def test_classification_metrics_equal_brute_force():
     assert got["macro_recall"] == pytest.approx(r)
     assert got["macro_f1"] == pytest.approx(f)
     assert got["classes"] == 5
+    assert got["majority_accuracy"] == pytest.approx(max(y_true.count(c) for c in "abcd") / 60)
     # a perfect prediction scores 1 everywhere
     perfect = metrics.classification_metrics(y_true, y_true)
     assert perfect["accuracy"] == perfect["macro_f1"] == 1.0

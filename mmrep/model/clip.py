@@ -120,7 +120,9 @@ class ClipEncoder(Encoder):
     def encode(self, inputs: EncoderInput) -> tuple[torch.Tensor, list[tuple[Routing, torch.Tensor]]]:
         b = inputs.batch_size
         out = None
-        if inputs.image_mask.shape[1] and inputs.image_mask.any():
+        if inputs.image_mask.shape[1] == 1 and inputs.image_mask.all():  # one image each: no gather / scatter
+            out = self.clip.encode_image(inputs.pixels[:, 0], normalize=True)
+        elif inputs.image_mask.shape[1] and inputs.image_mask.any():
             rows = inputs.image_mask.nonzero(as_tuple=True)[0]
             img = self.clip.encode_image(inputs.pixels[inputs.image_mask], normalize=True)
             total = img.new_zeros(b, img.shape[1]).index_add(0, rows, img)

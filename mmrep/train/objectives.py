@@ -206,7 +206,7 @@ class _Encoded:
         emb = torch.zeros(b, self.dim, device=valid.device)
         if rows.numel() == 0:
             return emb, None
-        sub = inputs.select(rows)
+        sub = inputs if rows.numel() == b else inputs.select(rows)  # no copy of a full batch
         obj = None if objective is None else torch.full((rows.numel(),), objective, dtype=torch.long, device=rows.device)
         out = self.encoder(sub, objective=obj)
         emb = emb.to(out.embedding.dtype).index_put((rows,), out.embedding)

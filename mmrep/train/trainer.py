@@ -409,14 +409,18 @@ class Trainer:
         # be built there; its gradients are reduced by per-parameter hooks rather than by arrival order
         module.grad_fence = self.world > 1 and zero_stage == 2
         o = cfg.optim
+        # fused AdamW: one kernel over all parameters instead of ~10 per tensor (~10% of a small CPU step)
         optimizer = torch.optim.AdamW(param_groups(module, o.weight_decay, o.lr, o.lr_scales), lr=o.lr,
-                                      betas=tuple(o.betas), eps=o.eps)
+                                      betas=tuple(o.betas), eps=o.eps, fused=True)
         self.train_seconds = 0.0  # training time so far, resumed runs included (the time-based schedule reads it)
         progress = (lambda: self.train_seconds / cfg.max_train_seconds) if o.schedule_over == "time" else None
         scheduler = build_scheduler(optimizer, o.warmup_steps, o.total_steps, o.min_lr_ratio, progress)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
         self.device = self.engine.device
+        if self.world == 1 and zero_stage == 0:
+            # one process has no gradients to reduce; DeepSpeed would still flatten them into buckets every step
+            self.engine.enable_backward_allreduce = False
         # Feature caching backpropagates the full-batch loss once per micro-batch: encoder weights get
         # their gradient only through that micro-batch's live features (exact), but the objective's own
         # parameters (temperature) see the whole loss every time; scale theirs by 1/accum_steps.

@@ -79,6 +79,7 @@ class LossConfig:
     aux_coef: float = 0.01  # ρ, MoE load balancing
     sparsity_coef: float = 0.01  # ς, expert-preference entropy
     view_align_weight: float = 0.0  # pretrain: original vs `batch.view` alignment (0 = off)
+    anchor_weight: float = 0.0  # align: w * (1 - cos) to the embeddings the encoder gave when alignment began
 
     def __post_init__(self) -> None:
         bad = [v for v in self.views if v not in VIEWS]
@@ -92,7 +93,8 @@ class LossConfig:
         for key in ("queue_size", "hard_k"):
             if getattr(self, key) < 1:
                 raise MmrepError(f"loss.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("intra_weight", "aux_coef", "sparsity_coef", "view_align_weight", "omega_entropy_coef"):
+        for key in ("intra_weight", "aux_coef", "sparsity_coef", "view_align_weight", "omega_entropy_coef",
+                    "anchor_weight"):
             if getattr(self, key) < 0:
                 raise MmrepError(f"loss.{key} must be >= 0, got {getattr(self, key)}")
         if any(d < 1 for d in self.matryoshka_dims):
@@ -587,7 +589,30 @@ def _global_max(k: int, device: torch.device) -> int:
 
 # ----------------------------------------------------------------------------- item alignment (QARM)
 class ItemAlignObjective(Objective):
-    """Batch-contrastive item<->item alignment on `PairBatch` (co-click / co-purchase / user-item pairs)."""
+    """Batch-contrastive item<->item alignment on `PairBatch` (co-click / co-purchase / user-item pairs).
+
+    With `loss.anchor_weight` > 0 each item's embedding is also held near the one the encoder gave it
+    when alignment started (a frozen snapshot taken at the first batch): `w * mean(1 - cos(e, e0))`.
+    Without it, behaviour pairs that mostly share a category (the built-in world's co-clicks: 93% same
+    subcategory, colour no more often than random pairs) pull a category's items together and erase
+    the attributes that queries and the click model depend on."""
+
+    def __init__(self, cfg: LossConfig, embed_dim: int):
+        super().__init__(cfg, embed_dim)
+        self._anchor: list[nn.Module] = []  # a plain list: the snapshot is neither trained nor checkpointed
+
+    def _anchor_encoder(self, encoder: nn.Module) -> nn.Module:
+        if not self._anchor:
+            import copy
+
+            if any(hasattr(p, "ds_id") for p in encoder.parameters()):
+                raise MmrepError("loss.anchor_weight needs the whole encoder on every rank: use ZeRO stage 0-2 "
+                                 "for the align stage, or set loss.anchor_weight=0")
+            frozen = copy.deepcopy(encoder).eval()
+            for p in frozen.parameters():
+                p.requires_grad_(False)
+            self._anchor.append(frozen)
+        return self._anchor[0]
 
     def features(self, encoder: nn.Module, batch: PairBatch) -> Features:
         enc = _Encoded(encoder)
@@ -595,12 +620,27 @@ class ItemAlignObjective(Objective):
         vb = batch.b.has_image | batch.b.has_text
         a, _ = enc(batch.a, va & vb)
         b, _ = enc(batch.b, va & vb)
-        return enc.features({"emb/a": a, "emb/b": b, "valid/pair": va & vb,
-                             "ids/a": id_hash(batch.ids_a), "ids/b": id_hash(batch.ids_b)})
+        tensors = {"emb/a": a, "emb/b": b, "valid/pair": va & vb,
+                   "ids/a": id_hash(batch.ids_a), "ids/b": id_hash(batch.ids_b)}
+        if self.cfg.anchor_weight > 0:
+            frozen = _Encoded(self._anchor_encoder(encoder))
+            with torch.no_grad():
+                tensors["emb/a0"], _ = frozen(batch.a, va & vb)
+                tensors["emb/b0"], _ = frozen(batch.b, va & vb)
+        return enc.features(tensors)
 
     def core_loss(self, f, ctx):
         value = self._pair_loss(f["emb/a"], f["emb/b"], f["valid/pair"], f["ids/a"], f["ids/b"])
-        return value, {"loss/align": float(value.detach())}
+        metrics = {"loss/align": float(value.detach())}
+        total = value
+        if "emb/a0" in f:
+            valid = f["valid/pair"]
+            drift = torch.where(valid, 2 - (f["emb/a"] * f["emb/a0"]).sum(-1) - (f["emb/b"] * f["emb/b0"]).sum(-1),
+                                torch.zeros_like(valid, dtype=f["emb/a"].dtype)) / 2
+            anchor = global_mean(drift, valid)
+            total = total + self.cfg.anchor_weight * anchor
+            metrics["loss/anchor"] = float(anchor.detach())
+        return total, metrics
 
 
 def build_objective(stage: str, cfg: LossConfig, embed_dim: int) -> Objective:

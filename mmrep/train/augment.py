@@ -9,8 +9,9 @@ checkpoint) drops inconsistent generations. A trained scorer gives matched image
 slightly higher cosine than mismatched ones (0.79 vs 0.71 on the built-in world), so an absolute
 threshold either keeps everything or drops good generations; the default rule is relative: products
 are scored in batches of `filter_batch`, the other products' originals are the mismatched candidates,
-and a generation is kept only if its matched cosine beats `filter_beat_frac` of them (`rank`), or
-exceeds their mean by `filter_margin` (`margin`); `threshold` is the absolute rule.
+and a generation is kept only if its matched cosine beats `filter_beat_frac` of them, or (a weak
+scorer) nearly as many as the product's original pair does (`rank`); or exceeds their mean by
+`filter_margin` (`margin`); `threshold` is the absolute rule.
 Evaluation splits are never augmented (that would leak generated data into the benchmark).
 
 Each output product keeps its id: title = the best accepted rewrite (else the original), images =
@@ -58,6 +59,7 @@ class AugmentConfig:
     filter_checkpoint: str = ""  # mmrep encoder dir, or open_clip `local-dir:PATH` / PATH
     filter_rule: Literal["rank", "margin", "threshold"] = "rank"
     filter_beat_frac: float = 0.9  # rank: share of in-batch mismatched candidates the matched cosine must beat
+    filter_rank_slack: float = 0.1  # rank: how far below its original's beat fraction a generation may fall
     filter_margin: float = 0.05  # margin: matched cosine - mean mismatched cosine must reach this
     filter_threshold: float = 0.2  # threshold: image-title cosine below which a generation is dropped
     filter_batch: int = 64  # products scored together (each other's mismatched candidates)
@@ -398,16 +400,28 @@ def _encode(image: Image.Image, ext: str) -> tuple[bytes, str]:
     return buf.getvalue(), "png"
 
 
-def keep_generation(matched: float, mismatched: np.ndarray, cfg: AugmentConfig) -> tuple[bool, bool]:
+def beat_fraction(matched: float, mismatched: np.ndarray) -> float | None:
+    """Share of the mismatched candidates' cosines below the matched one (None without candidates)."""
+    return float((mismatched < matched).mean()) if mismatched.size else None
+
+
+def keep_generation(matched: float, mismatched: np.ndarray, cfg: AugmentConfig,
+                    original: float | None = None) -> tuple[bool, bool]:
     """(keep, judged) for one generation from its matched cosine and its cosines to the mismatched
-    candidates (the batch's other products). Relative rules cannot judge without candidates: kept."""
+    candidates (the batch's other products). Relative rules cannot judge without candidates: kept.
+
+    rank: the generation must beat `filter_beat_frac` of the candidates, or, when the product's own
+    original pair (`original`: its beat fraction) ranks lower than that under this scorer, as many as
+    the original less `filter_rank_slack`: a generation is dropped for being less consistent than the
+    data it came from, not for the scorer's own limits."""
     if cfg.filter_rule == "threshold":
         return matched >= cfg.filter_threshold, True
     if mismatched.size == 0:
         return True, False
     if cfg.filter_rule == "margin":
         return matched - float(mismatched.mean()) >= cfg.filter_margin, True
-    need = math.ceil(cfg.filter_beat_frac * mismatched.size - 1e-9)
+    frac = cfg.filter_beat_frac if original is None else min(cfg.filter_beat_frac, original - cfg.filter_rank_slack)
+    need = math.ceil(frac * mismatched.size - 1e-9)
     return int((mismatched < matched).sum()) >= need, True
 
 
@@ -483,9 +497,13 @@ class CoAugmenter:
                     sims = cand @ main.T  # (C, n_img)
                     own = img_rows.index(j)
                     others = np.delete(sims, own, axis=1)
+                    ref = None  # how the original title ranks against the same images
+                    if has_txt[j]:
+                        ref_sims = main @ orig[txt_rows.index(j)]
+                        ref = beat_fraction(float(ref_sims[own]), np.delete(ref_sims, own))
                     kept = []
                     for c, text in enumerate(g.titles):
-                        keep, judged = keep_generation(float(sims[c, own]), others[c], cfg)
+                        keep, judged = keep_generation(float(sims[c, own]), others[c], cfg, ref)
                         self.stats["titles_unjudged"] += int(not judged)
                         self.stats["titles_dropped"] += int(not keep)
                         if keep:
@@ -500,9 +518,13 @@ class CoAugmenter:
                 own_txt = orig[txt_rows.index(j)] if (has_txt[j] and title == p.title) else scorer.text_embeddings([title])[0]
                 other_txt = np.delete(orig, txt_rows.index(j), axis=0) if has_txt[j] else orig
                 others = emb @ other_txt.T if other_txt is not None else np.zeros((len(g.images), 0))
+                ref = None  # how the original main image ranks against the same titles
+                if has_img[j] and other_txt is not None:
+                    main_j = main[img_rows.index(j)]
+                    ref = beat_fraction(float(main_j @ own_txt), other_txt @ main_j)
                 new_images = []
                 for k, gen in enumerate(g.images):
-                    keep, judged = keep_generation(float(emb[k] @ own_txt), others[k], cfg)
+                    keep, judged = keep_generation(float(emb[k] @ own_txt), others[k], cfg, ref)
                     self.stats["images_unjudged"] += int(not judged)
                     self.stats["images_dropped"] += int(not keep)
                     if keep:

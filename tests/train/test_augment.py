@@ -285,6 +285,10 @@ def test_relative_filter_rules_compare_with_the_batch():
     assert augment.keep_generation(0.79, others, cfg) == (True, True)  # beats 9 of 10 (the 0.79 of a typical match)
     assert augment.keep_generation(0.775, others, cfg) == (False, True)  # 8 of 10: as good as a mismatch
     assert augment.keep_generation(0.1, np.zeros(0), cfg) == (True, False)  # nothing to compare with: kept, unjudged
+    # a weak scorer ranks the product's own original pair at 0.8: the generation needs 0.7 of the candidates
+    assert augment.keep_generation(0.765, others, cfg, original=0.8) == (True, True)
+    assert augment.keep_generation(0.745, others, cfg, original=0.8) == (False, True)
+    assert augment.keep_generation(0.775, others, cfg, original=1.0) == (False, True)  # a strong one: still 0.9
     strict = AugmentConfig(filter_beat_frac=1.0)
     assert augment.keep_generation(0.79, others, strict)[0] is False
     margin = AugmentConfig(filter_rule="margin", filter_margin=0.03)

@@ -44,6 +44,9 @@ class WorldConfig:
     n_negatives: int = 4
     hard_negative_rate: float = 0.75  # share of negatives from the positive's subcategory
     query_affinity_scale: float = 1.0
+    # label noise: this share of *training* triplets has its positive swapped with its first negative
+    # (a skipped exposure logged as the purchase); held-out triplets stay clean
+    triplet_noise_rate: float = 0.0
     # behaviour log
     sessions_per_user: float = 40.0
     session_size: int = 6
@@ -72,7 +75,7 @@ class WorldConfig:
              "views_per_item", "must be [min, max] with 1 <= min <= max")
         for key in ("typo_rate", "synonym_rate", "word_order_rate", "title_drop_rate", "missing_title_rate",
                     "missing_description_rate", "missing_attribute_rate", "missing_image_rate", "occlusion_rate",
-                    "text_query_rate", "image_query_rate", "hard_negative_rate", "purchase_rate", "train_frac",
+                    "text_query_rate", "image_query_rate", "hard_negative_rate", "purchase_rate", "triplet_noise_rate", "train_frac",
                     "val_frac", "ctr_test_frac", "new_item_rate"):
             need(0.0 <= getattr(self, key) <= 1.0, key, "must be a rate in [0, 1]")
         need(self.text_query_rate + self.image_query_rate <= 1.0, "image_query_rate",

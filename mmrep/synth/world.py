@@ -23,7 +23,7 @@ from mmrep.errors import MmrepError
 from mmrep.fsutil import atomic_dir, atomic_write
 from mmrep.records import Product, Triplet, sample_key
 from mmrep.synth import behaviour as bh
-from mmrep.synth.catalog import COLOURS, MARK_SHAPES, MATERIALS, PATTERNS, STYLES, TIERS
+from mmrep.synth.catalog import COLOURS, MARK_SHAPES, MATERIALS, PATTERNS, STYLES, TIERS, stream_rng
 from mmrep.synth.config import SynthConfig, WorldConfig
 from mmrep.synth.records import SPLITS, RecordBuilder, WorldRecords
 from mmrep.synth.text import ATTRIBUTE_KEYS
@@ -80,6 +80,15 @@ def simulate(cfg: WorldConfig, w: WorldRecords) -> Behaviour:
                      launch)
 
 
+def _noisy_triplets(cfg: WorldConfig, plans) -> set[int]:
+    """Query indices whose training triplet gets its positive swapped with a negative (triplet_noise_rate)."""
+    if cfg.triplet_noise_rate <= 0 or not plans:
+        return set()
+    rng = stream_rng(cfg.seed, "triplet-noise")
+    pick = rng.random(len(plans)) < cfg.triplet_noise_rate
+    return {q.index for q, p in zip(plans, pick) if p}
+
+
 def generate_world(cfg: WorldConfig, out_dir: str | Path, overwrite: bool = False,
                    log: Callable[[str], None] | None = None, workers: int = 0) -> dict:
     """Generate the world into `out_dir` (built under a temp name, renamed when complete); returns the
@@ -113,11 +122,16 @@ def generate_world(cfg: WorldConfig, out_dir: str | Path, overwrite: bool = Fals
             say(f"triplets/{split}")
             with ShardWriter(tmp / "triplets" / split, split, cfg.shard_size, kind="triplets", mtime=0) as sw:
                 plans = [q for q in b.plans if q.split == s]
+                noisy = _noisy_triplets(cfg, plans) if split == "train" else set()
                 for q, query in zip(plans, builder.queries(plans)):
                     counts["query_images"] += len(query.images)
-                    sw.write(Triplet(f"t{q.index:06d}", query, kept[q.positive], [kept[n] for n in q.negatives])
-                             .to_sample())
+                    pos, negs = q.positive, list(q.negatives)
+                    if q.index in noisy:  # label noise: a skipped item logged as the purchase, and vice versa
+                        pos, negs[0] = negs[0], pos
+                    sw.write(Triplet(f"t{q.index:06d}", query, kept[pos], [kept[n] for n in negs]).to_sample())
             counts["triplets"][split] = sw.count
+            if noisy:
+                counts["noisy_triplets"] = len(noisy)
         say("tables")
         _write_tables(tmp, w, b)
         summary = _summary(cfg, w, b, counts, missing)

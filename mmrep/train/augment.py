@@ -5,7 +5,13 @@ Augmenters are pluggable (`register_augmenter`): a title augmenter maps a produc
 image augmenter maps (PIL image, product) to a new image or None. Built-ins keep the product's
 entities (colour, category, attributes); `hf_vlm` rewrites titles with any local Hugging Face
 vision-language model. A consistency scorer (a trained mmrep encoder dir or an open_clip `local-dir:`
-checkpoint) drops generations whose image-title cosine is below `filter_threshold`.
+checkpoint) drops inconsistent generations. A trained scorer gives matched image-title pairs only a
+slightly higher cosine than mismatched ones (0.79 vs 0.71 on the built-in world), so an absolute
+threshold either keeps everything or drops good generations; the default rule is relative: products
+are scored in batches of `filter_batch`, the other products' originals are the mismatched candidates,
+and a generation is kept only if its matched cosine beats `filter_beat_frac` of them, or (a weak
+scorer) nearly as many as the product's original pair does (`rank`); or exceeds their mean by
+`filter_margin` (`margin`); `threshold` is the absolute rule.
 Evaluation splits are never augmented (that would leak generated data into the benchmark).
 
 Each output product keeps its id: title = the best accepted rewrite (else the original), images =
@@ -18,6 +24,7 @@ import argparse
 import dataclasses
 import io
 import json
+import math
 import random
 import sys
 from dataclasses import dataclass, field
@@ -50,7 +57,12 @@ class AugmentConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-augmenter kwargs, e.g. {hf_vlm: {path: ...}}
     filter: Literal["none", "mmrep", "open_clip"] = "none"
     filter_checkpoint: str = ""  # mmrep encoder dir, or open_clip `local-dir:PATH` / PATH
-    filter_threshold: float = 0.2  # image-title cosine below which a generation is dropped
+    filter_rule: Literal["rank", "margin", "threshold"] = "rank"
+    filter_beat_frac: float = 0.9  # rank: share of in-batch mismatched candidates the matched cosine must beat
+    filter_rank_slack: float = 0.1  # rank: how far below its original's beat fraction a generation may fall
+    filter_margin: float = 0.05  # margin: matched cosine - mean mismatched cosine must reach this
+    filter_threshold: float = 0.2  # threshold: image-title cosine below which a generation is dropped
+    filter_batch: int = 64  # products scored together (each other's mismatched candidates)
     seed: int = 0
     shard_size: int = 1000
     max_products: int = 0  # 0 = all
@@ -62,6 +74,11 @@ class AugmentConfig:
                 raise MmrepError(f"augment.{key} must be >= 0, got {getattr(self, key)}")
         if self.shard_size < 1:
             raise MmrepError(f"augment.shard_size must be >= 1, got {self.shard_size}")
+        if self.filter_batch < 2:
+            raise MmrepError(f"augment.filter_batch must be >= 2 (products are each other's mismatched candidates), "
+                             f"got {self.filter_batch}")
+        if not 0.0 <= self.filter_beat_frac <= 1.0:
+            raise MmrepError(f"augment.filter_beat_frac must be in [0, 1], got {self.filter_beat_frac}")
         for name in [*self.title_augmenters, *self.image_augmenters]:
             if name not in AUGMENTERS:
                 raise MmrepError(f"augmenter {name!r} is not registered (known: {', '.join(sorted(AUGMENTERS))})")
@@ -287,6 +304,12 @@ class ColorJitter:
 
 # ----------------------------------------------------------------------------- consistency filter
 class ConsistencyScorer(Protocol):
+    def image_embeddings(self, images: Sequence[bytes]) -> np.ndarray:
+        """(N, D) L2-normalised image embeddings."""
+
+    def text_embeddings(self, titles: Sequence[str]) -> np.ndarray:
+        """(N, D) L2-normalised title embeddings, in the images' space."""
+
     def score(self, images: Sequence[bytes], titles: Sequence[str]) -> np.ndarray:
         """Cosine similarity of each (image, title) pair: (N,)."""
 
@@ -305,14 +328,21 @@ class OpenClipScorer:
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
 
-    def score(self, images: Sequence[bytes], titles: Sequence[str]) -> np.ndarray:
+    def image_embeddings(self, images: Sequence[bytes]) -> np.ndarray:
         import torch
 
         with torch.no_grad():
             pix = torch.stack([self.preprocess(_decode(b)) for b in images])
-            img = self.model.encode_image(pix, normalize=True)
-            txt = self.model.encode_text(self.tokenizer(list(titles)), normalize=True)
-        return (img * txt).sum(-1).numpy()
+            return self.model.encode_image(pix, normalize=True).float().numpy()
+
+    def text_embeddings(self, titles: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.model.encode_text(self.tokenizer(list(titles)), normalize=True).float().numpy()
+
+    def score(self, images: Sequence[bytes], titles: Sequence[str]) -> np.ndarray:
+        return (self.image_embeddings(images) * self.text_embeddings(titles)).sum(-1)
 
 
 class MmrepScorer:
@@ -325,15 +355,22 @@ class MmrepScorer:
         self.encoder = load_encoder(checkpoint)
         self.collator = build_preprocess(self.encoder.cfg, max_images=1)
 
-    def score(self, images: Sequence[bytes], titles: Sequence[str]) -> np.ndarray:
+    def image_embeddings(self, images: Sequence[bytes]) -> np.ndarray:
         import torch
 
-        img_in = self.collator.products([Product(id=str(i), images=[b]) for i, b in enumerate(images)]).inputs
-        txt_in = self.collator.products([Product(id=str(i), title=t) for i, t in enumerate(titles)]).inputs
+        inputs = self.collator.products([Product(id=str(i), images=[b]) for i, b in enumerate(images)]).inputs
         with torch.no_grad():
-            img = self.encoder(img_in).embedding
-            txt = self.encoder(txt_in).embedding
-        return (img * txt).sum(-1).numpy()
+            return self.encoder(inputs).embedding.float().numpy()
+
+    def text_embeddings(self, titles: Sequence[str]) -> np.ndarray:
+        import torch
+
+        inputs = self.collator.products([Product(id=str(i), title=t) for i, t in enumerate(titles)]).inputs
+        with torch.no_grad():
+            return self.encoder(inputs).embedding.float().numpy()
+
+    def score(self, images: Sequence[bytes], titles: Sequence[str]) -> np.ndarray:
+        return (self.image_embeddings(images) * self.text_embeddings(titles)).sum(-1)
 
 
 def build_scorer(kind: str, checkpoint: str) -> ConsistencyScorer | None:
@@ -360,8 +397,42 @@ def _encode(image: Image.Image, ext: str) -> tuple[bytes, str]:
     return buf.getvalue(), "png"
 
 
+def beat_fraction(matched: float, mismatched: np.ndarray) -> float | None:
+    """Share of the mismatched candidates' cosines below the matched one (None without candidates)."""
+    return float((mismatched < matched).mean()) if mismatched.size else None
+
+
+def keep_generation(matched: float, mismatched: np.ndarray, cfg: AugmentConfig,
+                    original: float | None = None) -> tuple[bool, bool]:
+    """(keep, judged) for one generation from its matched cosine and its cosines to the mismatched
+    candidates (the batch's other products). Relative rules cannot judge without candidates: kept.
+
+    rank: the generation must beat `filter_beat_frac` of the candidates, or, when the product's own
+    original pair (`original`: its beat fraction) ranks lower than that under this scorer, as many as
+    the original less `filter_rank_slack`: a generation is dropped for being less consistent than the
+    data it came from, not for the scorer's own limits."""
+    if cfg.filter_rule == "threshold":
+        return matched >= cfg.filter_threshold, True
+    if mismatched.size == 0:
+        return True, False
+    if cfg.filter_rule == "margin":
+        return matched - float(mismatched.mean()) >= cfg.filter_margin, True
+    frac = cfg.filter_beat_frac if original is None else min(cfg.filter_beat_frac, original - cfg.filter_rank_slack)
+    need = math.ceil(frac * mismatched.size - 1e-9)
+    return int((mismatched < matched).sum()) >= need, True
+
+
+@dataclass
+class _Generated:
+    """One product's generations before the consistency filter."""
+
+    product: Product
+    titles: list[str]
+    images: list[tuple[bytes, str]]
+
+
 class CoAugmenter:
-    """Augments products one at a time; counts generations and filter drops in `stats`."""
+    """Augments products in batches (`augment` = generate + filter); counts generations and drops in `stats`."""
 
     def __init__(self, cfg: AugmentConfig, scorer: ConsistencyScorer | None = None):
         self.cfg = cfg
@@ -369,56 +440,98 @@ class CoAugmenter:
         self.images = [(n, build_augmenter(n, cfg.options.get(n))) for n in cfg.image_augmenters]
         self.scorer = scorer
         self.stats = {k: 0 for k in ("products", "titles_generated", "titles_kept", "titles_dropped", "titles_unscored",
-                                     "images_generated", "images_kept", "images_dropped", "images_skipped")}
-
-    def _accept(self, images: list[bytes], titles: list[str], kind: str) -> list[float | None]:
-        """Scores (None = unscored when no filter / no partner) and counting of drops."""
-        if self.scorer is None or not images:
-            return [None] * len(titles)
-        scores = [float(s) for s in self.scorer.score(images, titles)]
-        dropped = sum(s < self.cfg.filter_threshold for s in scores)
-        self.stats[f"{kind}_dropped"] += dropped
-        return scores
+                                     "images_generated", "images_kept", "images_dropped", "images_skipped",
+                                     "titles_unjudged", "images_unjudged")}
 
     def __call__(self, p: Product, rng: random.Random) -> Product:
+        """One product alone (no in-batch candidates: the relative rules keep its generations)."""
+        return self.augment([p], [rng])[0]
+
+    def augment(self, products: Sequence[Product], rngs: Sequence[random.Random]) -> list[Product]:
+        """A batch of products: generate for each, then filter all generations against the batch."""
+        return self._filter([self._generate(p, rng) for p, rng in zip(products, rngs)])
+
+    def _generate(self, p: Product, rng: random.Random) -> _Generated:
         self.stats["products"] += 1
-        title = p.title
-        main = p.images[0] if p.images else None
-        # titles: candidates scored against the main image; the best accepted one replaces the title
+        titles: list[str] = []
         if self.titles and self.cfg.titles_per_product and (p.title.strip() or p.attributes):
             cands = [rng.choice(self.titles)[1](p, rng) for _ in range(self.cfg.titles_per_product)]
-            cands = [c for c in cands if c and c != p.title]
-            self.stats["titles_generated"] += len(cands)
-            if cands:
-                if main is None or self.scorer is None:
-                    self.stats["titles_unscored"] += len(cands)
-                    title = cands[0]
-                else:
-                    scores = self._accept([main] * len(cands), cands, "titles")
-                    ok = [(s, c) for s, c in zip(scores, cands) if s >= self.cfg.filter_threshold]
-                    if ok:
-                        title = max(ok)[1]
-                self.stats["titles_kept"] += int(title != p.title)
-        # images: generated from the originals, scored against the (final) title
-        new_images: list[tuple[bytes, str]] = []
+            titles = [c for c in cands if c and c != p.title]
+            self.stats["titles_generated"] += len(titles)
+        images: list[tuple[bytes, str]] = []
         if self.images and p.images and self.cfg.images_per_product:
-            generated: list[tuple[bytes, str]] = []
             for _ in range(self.cfg.images_per_product):
                 k = rng.randrange(len(p.images))
                 out = rng.choice(self.images)[1](_decode(p.images[k]), p, rng)
                 if out is None:
                     self.stats["images_skipped"] += 1
                     continue
-                generated.append(_encode(out, p.image_exts[k]))
-            self.stats["images_generated"] += len(generated)
-            if generated and title.strip() and self.scorer is not None:
-                scores = self._accept([g[0] for g in generated], [title] * len(generated), "images")
-                generated = [g for g, s in zip(generated, scores) if s >= self.cfg.filter_threshold]
-            new_images = generated
+                images.append(_encode(out, p.image_exts[k]))
+            self.stats["images_generated"] += len(images)
+        return _Generated(p, titles, images)
+
+    def _filter(self, gens: list[_Generated]) -> list[Product]:
+        scorer, cfg = self.scorer, self.cfg
+        n = len(gens)
+        # the batch's originals: main images and titles, each product's mismatched candidates
+        has_img = [bool(g.product.images) for g in gens]
+        has_txt = [bool(g.product.title.strip()) for g in gens]
+        if scorer is not None:
+            img_rows = [i for i in range(n) if has_img[i]]
+            txt_rows = [i for i in range(n) if has_txt[i]]
+            main = scorer.image_embeddings([gens[i].product.images[0] for i in img_rows]) if img_rows else None
+            orig = scorer.text_embeddings([gens[i].product.title for i in txt_rows]) if txt_rows else None
+        out = []
+        for j, g in enumerate(gens):
+            p, title = g.product, g.product.title
+            # titles: candidates scored against the main image; the best kept one replaces the title
+            if g.titles:
+                if scorer is None or not has_img[j]:
+                    self.stats["titles_unscored"] += len(g.titles)
+                    title = g.titles[0]
+                else:
+                    cand = scorer.text_embeddings(g.titles)  # (C, D)
+                    sims = cand @ main.T  # (C, n_img)
+                    own = img_rows.index(j)
+                    others = np.delete(sims, own, axis=1)
+                    ref = None  # how the original title ranks against the same images
+                    if has_txt[j]:
+                        ref_sims = main @ orig[txt_rows.index(j)]
+                        ref = beat_fraction(float(ref_sims[own]), np.delete(ref_sims, own))
+                    kept = []
+                    for c, text in enumerate(g.titles):
+                        keep, judged = keep_generation(float(sims[c, own]), others[c], cfg, ref)
+                        self.stats["titles_unjudged"] += int(not judged)
+                        self.stats["titles_dropped"] += int(not keep)
+                        if keep:
+                            kept.append((float(sims[c, own]), text))
+                    if kept:
+                        title = max(kept)[1]
+                self.stats["titles_kept"] += int(title != p.title)
+            # images: generated from the originals, scored against the (final) title
+            new_images = g.images
+            if g.images and title.strip() and scorer is not None:
+                emb = scorer.image_embeddings([b for b, _ in g.images])  # (G, D)
+                own_txt = orig[txt_rows.index(j)] if (has_txt[j] and title == p.title) else scorer.text_embeddings([title])[0]
+                other_txt = np.delete(orig, txt_rows.index(j), axis=0) if has_txt[j] else orig
+                others = emb @ other_txt.T if other_txt is not None else np.zeros((len(g.images), 0))
+                ref = None  # how the original main image ranks against the same titles
+                if has_img[j] and other_txt is not None:
+                    main_j = main[img_rows.index(j)]
+                    ref = beat_fraction(float(main_j @ own_txt), other_txt @ main_j)
+                new_images = []
+                for k, gen in enumerate(g.images):
+                    keep, judged = keep_generation(float(emb[k] @ own_txt), others[k], cfg, ref)
+                    self.stats["images_unjudged"] += int(not judged)
+                    self.stats["images_dropped"] += int(not keep)
+                    if keep:
+                        new_images.append(gen)
             self.stats["images_kept"] += len(new_images)
-        return Product(id=p.id, title=title, description=p.description, category=list(p.category),
-                       attributes=dict(p.attributes), images=[*p.images, *(b for b, _ in new_images)],
-                       image_exts=[*p.image_exts, *(e for _, e in new_images)], labels=dict(p.labels), split=p.split)
+            out.append(Product(id=p.id, title=title, description=p.description, category=list(p.category),
+                               attributes=dict(p.attributes), images=[*p.images, *(b for b, _ in new_images)],
+                               image_exts=[*p.image_exts, *(e for _, e in new_images)], labels=dict(p.labels),
+                               split=p.split))
+        return out
 
 
 def _is_eval(name: str) -> bool:
@@ -465,12 +578,25 @@ def augment_shards(cfg: AugmentConfig, overwrite: bool = False, scorer: Consiste
     with atomic_dir(dest) as tmp:
         writer = ShardWriter(tmp, prefix=split, max_count=cfg.shard_size, kind="products")
         try:
+            batch: list[Product] = []
+            rngs: list[random.Random] = []
+
+            def flush() -> None:
+                for out in job.augment(batch, rngs):
+                    writer.write({"__key__": sample_key(out.id), **out.to_sample()})
+                batch.clear()
+                rngs.clear()
+
             for n, p in enumerate(iter_products(cfg.shards, stats=skipped)):
                 if cfg.max_products and n >= cfg.max_products:
                     break
                 guard_eval([p.split], cfg.unsafe_allow_eval_split)
-                out = job(p, random.Random(rng.getrandbits(64)))
-                writer.write({"__key__": sample_key(out.id), **out.to_sample()})
+                batch.append(p)
+                rngs.append(random.Random(rng.getrandbits(64)))
+                if len(batch) >= cfg.filter_batch:
+                    flush()
+            if batch:
+                flush()
         except BaseException:
             writer.abort()
             raise

@@ -31,6 +31,7 @@ from mmrep.train.negatives import MemoryQueue, mine_hard_negatives
 
 VIEWS = ("t", "i", "mm")  # objective ids 0 / 1 / 2 = the encoder's W* columns (MOON2.0's ω)
 VIEW_ID = {v: i for i, v in enumerate(VIEWS)}
+MARGIN_DEFAULTS = {"batch": (-1.5, -2.0), "absolute": (0.1, 0.0)}  # filter margins (start, end) per reference
 
 
 @dataclass
@@ -44,8 +45,9 @@ class LossConfig:
     views: list[str] = field(default_factory=lambda: list(VIEWS))  # inter-product query views
     intra: bool = True  # intra-product image<->text term (post-train; pretrain always has it)
     intra_weight: float = 1.0
-    omega: Literal["moe", "fixed"] = "moe"  # ω from the encoder's MoE, or fixed view weights
-    omega_grad: bool = False  # let the inter loss train W*/the router through ω (see PosttrainObjective)
+    omega: Literal["moe", "fixed"] = "moe"  # ω learned by the encoder's MoE (W* x gates), or fixed view weights
+    omega_grad: bool = True  # the inter loss trains W* and the router through ω (false: ω is a read-out)
+    omega_entropy_coef: float = 0.1  # τ: -τ H(ω) keeps ω off a single view (optimum ω_v ∝ exp(-L_v / τ))
     fixed_weights: dict[str, float] = field(default_factory=lambda: {"t": 3.0, "i": 12.0, "mm": 2.0})  # MOON's 12:3:2 image:text:mm
     # negatives
     gather: bool = True  # negatives from every rank (torch.distributed all_gather with grad)
@@ -59,9 +61,13 @@ class LossConfig:
     hard_k: int = 4
     # dynamic sample filtering (judged on each triplet's hardest own negative: needs triplet_negatives)
     filtering: bool = True
+    # "batch": the gap s_qp - s_qn in robust standard deviations of the batch's gaps (margins -1.5 -> -2:
+    # the far tail, i.e. noise); "absolute": the raw cosine gap (the paper's; margins 0.1 -> 0)
+    filter_reference: Literal["batch", "absolute"] = "batch"
+    filter_warmup: float = 0.1  # share of training before filtering starts
     filter_kappa: float = 10.0
-    margin_start: float = 0.1
-    margin_end: float = 0.0
+    margin_start: float | None = None  # None: the reference's default (batch -1.5, absolute 0.1)
+    margin_end: float | None = None  # None: batch -2.0, absolute 0.0
     margin_schedule: Literal["linear", "cosine", "constant"] = "linear"
     filter_threshold: float = 0.6
     filter_down_weight: float = 0.1
@@ -73,6 +79,7 @@ class LossConfig:
     aux_coef: float = 0.01  # ρ, MoE load balancing
     sparsity_coef: float = 0.01  # ς, expert-preference entropy
     view_align_weight: float = 0.0  # pretrain: original vs `batch.view` alignment (0 = off)
+    anchor_weight: float = 0.0  # align: w * (1 - cos) to the embeddings the encoder gave when alignment began
 
     def __post_init__(self) -> None:
         bad = [v for v in self.views if v not in VIEWS]
@@ -86,15 +93,23 @@ class LossConfig:
         for key in ("queue_size", "hard_k"):
             if getattr(self, key) < 1:
                 raise MmrepError(f"loss.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("intra_weight", "aux_coef", "sparsity_coef", "view_align_weight"):
+        for key in ("intra_weight", "aux_coef", "sparsity_coef", "view_align_weight", "omega_entropy_coef",
+                    "anchor_weight"):
             if getattr(self, key) < 0:
                 raise MmrepError(f"loss.{key} must be >= 0, got {getattr(self, key)}")
         if any(d < 1 for d in self.matryoshka_dims):
             raise MmrepError(f"loss.matryoshka_dims must be positive, got {self.matryoshka_dims}")
         if self.matryoshka_dims:
             matryoshka_weights(self.matryoshka_dims, self.matryoshka_weights)
-        DynamicFilter(self.filter_kappa, self.margin_start, self.margin_end, self.margin_schedule,
-                      self.filter_threshold, self.filter_down_weight)  # validates the filter keys
+        if self.margin_start is None:
+            self.margin_start = MARGIN_DEFAULTS.get(self.filter_reference, (0.0, 0.0))[0]
+        if self.margin_end is None:
+            self.margin_end = MARGIN_DEFAULTS.get(self.filter_reference, (0.0, 0.0))[1]
+        self.dynamic_filter()  # validates the filter keys
+
+    def dynamic_filter(self) -> DynamicFilter:
+        return DynamicFilter(self.filter_kappa, float(self.margin_start), float(self.margin_end), self.margin_schedule,
+                             self.filter_threshold, self.filter_down_weight, self.filter_reference, self.filter_warmup)
 
 
 # ----------------------------------------------------------------------------- features
@@ -112,6 +127,9 @@ class Features:
     sparsity_loss: torch.Tensor
     preference: torch.Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    # share of W*'s gradient through ω that this (concatenated) batch carries: with feature-caching
+    # accumulation every micro-batch's pass sees the whole ω, so each passes on its own share only
+    preference_share: float = 1.0
 
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.tensors[key]
@@ -126,7 +144,7 @@ class Features:
     def truncate(self, dim: int | None) -> "Features":
         """Embeddings cut to their first `dim` coordinates and re-normalised (Matryoshka)."""
         tensors = {k: (truncate(v, dim) if k.startswith("emb/") else v) for k, v in self.tensors.items()}
-        return Features(tensors, self.aux_loss, self.sparsity_loss, self.preference, self.stats)
+        return Features(tensors, self.aux_loss, self.sparsity_loss, self.preference, self.stats, self.preference_share)
 
     def detach(self) -> "Features":
         """A no-grad copy (the cached micro-batches of feature-caching accumulation)."""
@@ -157,12 +175,16 @@ def concat_features(parts: list[Features]) -> Features:
     prefs = [p.preference for p in parts if p.preference is not None]
     # the part with grad (the live micro-batch when the others are cached) carries W*'s gradient
     pref = next((p for p in prefs if p.requires_grad), prefs[0] if prefs else None)
+    live = [p for p in parts if p.preference is not None and p.preference.requires_grad]
+    share = 1.0
+    if len(live) == 1 and len(parts) > 1:
+        share = live[0].batch_size / sum(p.batch_size for p in parts)
     stats: dict[str, float] = {}
     for key in {k for p in parts for k in p.stats}:
         vals = [p.stats[key] for p in parts if key in p.stats]
         stats[key] = sum(vals) / len(vals)
     return Features(tensors, torch.cat([p.aux_loss for p in parts]), torch.cat([p.sparsity_loss for p in parts]),
-                    pref, stats)
+                    pref, stats, share)
 
 
 @dataclass
@@ -282,6 +304,8 @@ class Objective(nn.Module):
         aux = feats.aux_loss.mean()
         sparsity = feats.sparsity_loss.mean()
         loss = total + self.cfg.aux_coef * aux + self.cfg.sparsity_coef * sparsity
+        if "regulariser" in ctx:  # once per step, not per Matryoshka dim (e.g. the ω entropy term)
+            loss = loss + ctx["regulariser"]
         metrics.update({"loss": float(loss.detach()), "loss/aux": float(aux.detach()),
                         "loss/sparsity": float(sparsity.detach()), "temperature": self.logit_scale.temperature})
         metrics.update(feats.stats)
@@ -357,8 +381,7 @@ class PosttrainObjective(Objective):
     def __init__(self, cfg: LossConfig, embed_dim: int):
         super().__init__(cfg, embed_dim)
         self.queue = MemoryQueue(cfg.queue_size, embed_dim) if cfg.queue else None
-        self.filter = DynamicFilter(cfg.filter_kappa, cfg.margin_start, cfg.margin_end, cfg.margin_schedule,
-                                    cfg.filter_threshold, cfg.filter_down_weight) if cfg.filtering else None
+        self.filter = cfg.dynamic_filter() if cfg.filtering else None
 
     def features(self, encoder: nn.Module, batch) -> Features:
         enc = _Encoded(encoder)
@@ -398,26 +421,47 @@ class PosttrainObjective(Objective):
             tensors["valid/intra"] = both
         return enc.features(tensors)
 
-    def view_weights(self, f: Features) -> tuple[dict[str, torch.Tensor], bool]:
-        """Per-view weight: ω from the MoE when available (computed over the global batch), else fixed."""
+    def view_weights(self, f: Features) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, bool]:
+        """(weight per view, ω regulariser or None, whether ω came from the MoE); weights sum to 1 over
+        the views that have samples in the global batch (a view without samples has no loss term).
+
+        moe: the experts' support ω_m = mean_{b∈B_m} Σ_z p_{z,m} G̃_{z,b} (MOON2.0), normalised over the
+        views: ω̂_v = ω_v / Σ_v' ω_v'. Un-normalised, a gradient through ω lowers the loss by routing
+        every view to experts that prefer other objectives (all ω -> 0) instead of by aligning; normalised,
+        it can only move weight between views, towards those whose alignment loss is lower, and the
+        entropy term -τ H(ω̂) keeps it off a single view. fixed: `fixed_weights`, normalised the same way."""
         from mmrep.model.moe import objective_weights
 
-        gate_keys = [f"gates/q_{v}" for v in self.cfg.views]
-        if self.cfg.omega == "moe" and f.preference is not None and all(k in f for k in gate_keys):
+        cfg = self.cfg
+        gate_keys = [f"gates/q_{v}" for v in cfg.views]
+        counts = torch.stack([self._gather(f[f"valid/q_{v}"], grad=False).sum() for v in cfg.views])
+        present = [bool(c > 0) for c in counts]
+        if cfg.omega == "moe" and f.preference is not None and all(k in f for k in gate_keys):
             gates, objective = [], []
-            for v in self.cfg.views:
+            for v in cfg.views:
                 valid = self._gather(f[f"valid/q_{v}"], grad=False)
-                g = self._gather(f[f"gates/q_{v}"], grad=self.cfg.omega_grad)[valid]
+                g = self._gather(f[f"gates/q_{v}"], grad=cfg.omega_grad)[valid]
                 gates.append(g)
                 objective.append(torch.full((g.shape[0],), VIEW_ID[v], dtype=torch.long, device=g.device))
-            pref = f.preference if self.cfg.omega_grad else f.preference.detach()
+            pref = f.preference if cfg.omega_grad else f.preference.detach()
+            if cfg.omega_grad and f.preference_share != 1.0:  # same value, a share of the gradient
+                pref = pref.detach() + f.preference_share * (pref - pref.detach())
             gates_all = torch.cat(gates)
-            if not self.cfg.omega_grad:
+            if not cfg.omega_grad:
                 gates_all = gates_all.detach()
-            omega = objective_weights(gates_all, pref, torch.cat(objective).to(gates_all.device))
-            return {v: omega[VIEW_ID[v]] for v in self.cfg.views}, True
-        total = sum(self.cfg.fixed_weights[v] for v in self.cfg.views) or 1.0
-        return {v: self.cfg.fixed_weights[v] / total for v in self.cfg.views}, False
+            support = objective_weights(gates_all, pref, torch.cat(objective).to(gates_all.device))
+            raw = torch.stack([support[VIEW_ID[v]] for v in cfg.views])
+            mask = torch.tensor(present, device=raw.device)
+            omega = torch.where(mask, raw, torch.zeros_like(raw))
+            omega = omega / omega.sum().clamp_min(1e-12)
+            reg = None
+            if cfg.omega_grad and cfg.omega_entropy_coef > 0 and sum(present) > 1:
+                neg_entropy = torch.where(mask, omega * omega.clamp_min(1e-12).log(), torch.zeros_like(omega)).sum()
+                reg = cfg.omega_entropy_coef * neg_entropy
+            return {v: omega[n] for n, v in enumerate(cfg.views)}, reg, True
+        fixed = [cfg.fixed_weights[v] if p else 0.0 for v, p in zip(cfg.views, present)]
+        total = sum(fixed) or 1.0
+        return {v: torch.tensor(w / total) for v, w in zip(cfg.views, fixed)}, None, False
 
     def prepare(self, f: Features, step: int, total_steps: int) -> tuple[dict, dict[str, float]]:
         """Once per step at full dim: the gathered candidate pool (with grad) and its (B, C) mask, the
@@ -459,23 +503,32 @@ class PosttrainObjective(Objective):
             extra_mask.append(hmask)
         ctx["extra"] = torch.cat(extra, dim=1) if extra else None
         ctx["extra_mask"] = torch.cat(extra_mask, dim=1) if extra else None
-        weights, from_moe = self.view_weights(f)
+        weights, reg, from_moe = self.view_weights(f)
         ctx["omega"] = weights
         metrics: dict[str, float] = {"omega/from_moe": float(from_moe)}
-        metrics.update({f"omega/{v}": float(w) for v, w in weights.items()})
+        metrics.update({f"omega/{v}": float(w.detach()) for v, w in weights.items()})
+        if reg is not None:
+            ctx["regulariser"] = reg
+            metrics["loss/omega_entropy"] = float(reg.detach())
         # dynamic filtering: φ from full-dim cosines to the positive and the hardest own negative
         ctx["sample_weight"] = {}
-        if self.filter is not None and k:
+        # every rank joins the filter's gathers when any rank has negatives
+        if self.filter is not None and (_global_max(k, dev) if cfg.gather else k):
             phis, ws, valids = [], [], []
             for v in cfg.views:
                 q, valid = f[f"emb/q_{v}"], f[f"valid/q_{v}"]
                 s_qn, has = hardest_negative(q, neg, neg_mask)
-                phi, w = self.filter.weights((q * pos).sum(-1), s_qn, has & valid, step, total_steps)
+                s_qp = (q * pos).sum(-1)
+                # batch statistics over this view's judged triplets of every rank
+                judged = self._gather(has & valid, grad=False)
+                reference = self._gather((s_qp - s_qn).detach(), grad=False)[judged]
+                phi, w = self.filter.weights(s_qp, s_qn, has & valid, step, total_steps, reference)
                 ctx["sample_weight"][v] = w
                 phis.append(phi), ws.append(w), valids.append(valid & has)
             stats = filter_stats(torch.cat(phis), torch.cat(ws), torch.cat(valids))
             metrics.update({f"filter/{name}": value for name, value in stats.items()})
             metrics["filter/margin"] = self.filter.margin(step, total_steps)
+            metrics["filter/active"] = float(self.filter.active(step, total_steps))
         if self.queue is not None:
             metrics["queue/size"] = float(len(self.queue))
         return ctx, metrics
@@ -536,7 +589,30 @@ def _global_max(k: int, device: torch.device) -> int:
 
 # ----------------------------------------------------------------------------- item alignment (QARM)
 class ItemAlignObjective(Objective):
-    """Batch-contrastive item<->item alignment on `PairBatch` (co-click / co-purchase / user-item pairs)."""
+    """Batch-contrastive item<->item alignment on `PairBatch` (co-click / co-purchase / user-item pairs).
+
+    With `loss.anchor_weight` > 0 each item's embedding is also held near the one the encoder gave it
+    when alignment started (a frozen snapshot taken at the first batch): `w * mean(1 - cos(e, e0))`.
+    Without it, behaviour pairs that mostly share a category (the built-in world's co-clicks: 93% same
+    subcategory, colour no more often than random pairs) pull a category's items together and erase
+    the attributes that queries and the click model depend on."""
+
+    def __init__(self, cfg: LossConfig, embed_dim: int):
+        super().__init__(cfg, embed_dim)
+        self._anchor: list[nn.Module] = []  # a plain list: the snapshot is neither trained nor checkpointed
+
+    def _anchor_encoder(self, encoder: nn.Module) -> nn.Module:
+        if not self._anchor:
+            import copy
+
+            if any(hasattr(p, "ds_id") for p in encoder.parameters()):
+                raise MmrepError("loss.anchor_weight needs the whole encoder on every rank: use ZeRO stage 0-2 "
+                                 "for the align stage, or set loss.anchor_weight=0")
+            frozen = copy.deepcopy(encoder).eval()
+            for p in frozen.parameters():
+                p.requires_grad_(False)
+            self._anchor.append(frozen)
+        return self._anchor[0]
 
     def features(self, encoder: nn.Module, batch: PairBatch) -> Features:
         enc = _Encoded(encoder)
@@ -544,12 +620,27 @@ class ItemAlignObjective(Objective):
         vb = batch.b.has_image | batch.b.has_text
         a, _ = enc(batch.a, va & vb)
         b, _ = enc(batch.b, va & vb)
-        return enc.features({"emb/a": a, "emb/b": b, "valid/pair": va & vb,
-                             "ids/a": id_hash(batch.ids_a), "ids/b": id_hash(batch.ids_b)})
+        tensors = {"emb/a": a, "emb/b": b, "valid/pair": va & vb,
+                   "ids/a": id_hash(batch.ids_a), "ids/b": id_hash(batch.ids_b)}
+        if self.cfg.anchor_weight > 0:
+            frozen = _Encoded(self._anchor_encoder(encoder))
+            with torch.no_grad():
+                tensors["emb/a0"], _ = frozen(batch.a, va & vb)
+                tensors["emb/b0"], _ = frozen(batch.b, va & vb)
+        return enc.features(tensors)
 
     def core_loss(self, f, ctx):
         value = self._pair_loss(f["emb/a"], f["emb/b"], f["valid/pair"], f["ids/a"], f["ids/b"])
-        return value, {"loss/align": float(value.detach())}
+        metrics = {"loss/align": float(value.detach())}
+        total = value
+        if "emb/a0" in f:
+            valid = f["valid/pair"]
+            drift = torch.where(valid, 2 - (f["emb/a"] * f["emb/a0"]).sum(-1) - (f["emb/b"] * f["emb/b0"]).sum(-1),
+                                torch.zeros_like(valid, dtype=f["emb/a"].dtype)) / 2
+            anchor = global_mean(drift, valid)
+            total = total + self.cfg.anchor_weight * anchor
+            metrics["loss/anchor"] = float(anchor.detach())
+        return total, metrics
 
 
 def build_objective(stage: str, cfg: LossConfig, embed_dim: int) -> Objective:

@@ -202,9 +202,23 @@ def trained_clip(tmp_path_factory):
     return export_open_clip(enc, root / "open_clip"), save_encoder(enc, root / "mmrep"), float(loss.detach())
 
 
+class CountedFlip(augment.Flip):
+    """The consistent editor (a mirror image), counting its generations."""
+
+    calls = 0
+
+    def __call__(self, image, product, rng):
+        CountedFlip.calls += 1
+        return super().__call__(image, product, rng)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["open_clip", "mmrep"])
-def test_consistency_filter_drops_mismatched_generations(tmp_path, monkeypatch, trained_clip, backend):
+@pytest.mark.parametrize("backend,rule", [("open_clip", "threshold"), ("mmrep", "threshold"), ("open_clip", "rank"),
+                                          ("mmrep", "rank")])
+def test_consistency_filter_drops_mismatched_generations(tmp_path, monkeypatch, trained_clip, backend, rule):
+    """Consistent generations (mirror images) are kept, inconsistent ones (a recoloured product, another
+    product's title) dropped: by a threshold calibrated on this scorer, and by the relative rules at
+    their defaults (no calibration: they only compare a generation with the batch's other products)."""
     oc_dir, mm_dir, final_loss = trained_clip
     checkpoint = f"local-dir:{oc_dir}" if backend == "open_clip" else str(mm_dir)
     scorer = augment.build_scorer(backend, checkpoint)
@@ -216,14 +230,19 @@ def test_consistency_filter_drops_mismatched_generations(tmp_path, monkeypatch, 
 
     monkeypatch.setitem(AUGMENTERS, "recolour", Recolour)
     monkeypatch.setitem(AUGMENTERS, "wrong_colour_title", WrongColourTitle)
+    monkeypatch.setitem(AUGMENTERS, "counted_flip", CountedFlip)
+    monkeypatch.setattr(CountedFlip, "calls", 0)
     src = write_set(tmp_path / "in", "train", items)
+    rule_keys = {"filter_threshold": threshold} if rule == "threshold" else {}
     cfg = AugmentConfig(shards=str(src), out=str(tmp_path / "out"), title_augmenters=["wrong_colour_title"],
-                        image_augmenters=["flip", "recolour"], images_per_product=6, seed=1, filter=backend,
-                        filter_checkpoint=checkpoint, filter_threshold=threshold)
+                        image_augmenters=["counted_flip", "recolour"], images_per_product=6, seed=1, filter=backend,
+                        filter_checkpoint=checkpoint, filter_rule=rule, **rule_keys)
     stats = augment_shards(cfg)["augment"]
     assert stats["titles_generated"] == 4 and stats["titles_dropped"] == 4 and stats["titles_kept"] == 0
     assert stats["images_generated"] == 24 and stats["images_dropped"] > 0 and stats["images_kept"] > 0
     assert stats["images_kept"] + stats["images_dropped"] == 24
+    assert stats["images_kept"] == CountedFlip.calls  # every consistent generation kept, every recolour dropped
+    assert stats["images_unjudged"] == 0 and stats["titles_unjudged"] == 0
     out = {p.id: p for p in iter_products(tmp_path / "out" / "train")}
     for p in items:
         got = out[p.id]
@@ -257,3 +276,25 @@ def test_background_swap_on_real_catalogue_images_keeps_the_product():
         assert not (diff & product_px).any()  # only background-coloured pixels were repainted
         changed += int(diff.mean() > 0.3)
     assert changed >= 5
+
+
+def test_relative_filter_rules_compare_with_the_batch():
+    cfg = AugmentConfig()  # rank rule: beat 90% of the in-batch mismatched candidates
+    others = np.array([0.70, 0.71, 0.72, 0.73, 0.74, 0.75, 0.76, 0.77, 0.78, 0.80])
+    assert augment.keep_generation(0.79, others, cfg) == (True, True)  # beats 9 of 10 (the 0.79 of a typical match)
+    assert augment.keep_generation(0.775, others, cfg) == (False, True)  # 8 of 10: as good as a mismatch
+    assert augment.keep_generation(0.1, np.zeros(0), cfg) == (True, False)  # nothing to compare with: kept, unjudged
+    # a weak scorer ranks the product's own original pair at 0.8: the generation needs 0.7 of the candidates
+    assert augment.keep_generation(0.765, others, cfg, original=0.8) == (True, True)
+    assert augment.keep_generation(0.745, others, cfg, original=0.8) == (False, True)
+    assert augment.keep_generation(0.775, others, cfg, original=1.0) == (False, True)  # a strong one: still 0.9
+    strict = AugmentConfig(filter_beat_frac=1.0)
+    assert augment.keep_generation(0.79, others, strict)[0] is False
+    margin = AugmentConfig(filter_rule="margin", filter_margin=0.03)
+    assert augment.keep_generation(0.79, others, margin)[0] and not augment.keep_generation(0.76, others, margin)[0]
+    threshold = AugmentConfig(filter_rule="threshold")  # the absolute rule at 0.2 keeps both (what it did before)
+    assert augment.keep_generation(0.79, others, threshold)[0] and augment.keep_generation(0.71, others, threshold)[0]
+    with pytest.raises(MmrepError, match="filter_batch"):
+        AugmentConfig(filter_batch=1)
+    with pytest.raises(MmrepError, match="filter_beat_frac"):
+        AugmentConfig(filter_beat_frac=1.5)

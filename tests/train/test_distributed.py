@@ -51,7 +51,8 @@ def overrides(world: Path, out: Path, world_size: int, zero: int = 2) -> list[st
     the "no MoE" ablation (model.moe.mode=dense)."""
     from conftest import train_overrides
 
-    extra = {"model.moe.mode": "dense"} if zero == 3 else {}
+    # a dense model has no W* to give its own LR (posttrain-tiny's optim.lr_scales)
+    extra = {"model.moe.mode": "dense", "optim.lr_scales": "{}"} if zero == 3 else {}
     return train_overrides(world, out, STAGE, init_from="", **{
         "data.batch_size": GLOBAL_BATCH // world_size, "optim.total_steps": TOTAL_STEPS, "optim.warmup_steps": 1,
         "deepspeed.config": f"configs/deepspeed/zero{zero}.json", "checkpoint.keep_last": 3,

@@ -1,0 +1,231 @@
+"""A sweep's results -> the points a law is fitted to -> fits.json, one PNG per axis, report.md (and W&B).
+
+Points come from each run's summary.json: the sweep folder's results.json (written by `mmrep sweep`)
+or, for runs `wandb agent` started elsewhere, every `*/summary.json` under the folder. The fitted
+quantity is a loss: the metric itself when the sweep minimises it, 1 − metric when it maximises a
+fraction such as recall (so L = a·x^(−b) + c decreases with scale and c is the irreducible error).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmrep.errors import MmrepError
+from mmrep.fsutil import atomic_write
+from mmrep.sweeps.laws import AXES, AXIS_LABELS, fit_axes, frontier
+
+FITS_FILE = "fits.json"
+REPORT_FILE = "report.md"
+NEEDED = ("train_flops", "samples_seen", "params_non_embedding")
+
+
+def load_summaries(folder: str | Path) -> list[dict[str, Any]]:
+    """Run summaries of a sweep folder: results.json's (when `mmrep sweep` wrote it) or every */summary.json."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MmrepError(f"sweep folder not found: {folder}")
+    results = folder / "results.json"
+    if results.is_file():
+        try:
+            records = json.loads(results.read_text())
+        except ValueError as e:
+            raise MmrepError(f"{results} is not valid JSON ({e})") from None
+        return [dict(r["summary"], run_id=r["run_id"], params=r.get("params", {})) for r in records
+                if r.get("summary")]
+    out = []
+    for path in sorted(folder.glob("**/summary.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except ValueError:
+            continue  # a run killed mid-write; atomic writes make this rare
+    return out
+
+
+def to_points(summaries: list[dict[str, Any]], metric: str, goal: str) -> tuple[list[dict[str, Any]], int]:
+    """(points with `loss`, runs skipped for lacking the metric / FLOPs / parameters)."""
+    points, skipped = [], 0
+    for s in summaries:
+        v = s.get(metric)
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or any(not s.get(k) for k in NEEDED):
+            skipped += 1
+            continue
+        if goal == "maximize":
+            if not 0 <= v <= 1:
+                raise MmrepError(f"metric {metric!r} is maximised but {v} is not a fraction in [0, 1]; fit a loss "
+                                 "(minimised) or a recall / accuracy")
+            loss = 1.0 - v
+        else:
+            loss = float(v)
+        points.append({**{k: s.get(k) for k in ("run_id", "steps", "params_total", *NEEDED)},
+                       "metric": float(v), "loss": loss, "params": s.get("params", {})})
+    return points, skipped
+
+
+def build(points: list[dict[str, Any]], metric: str, goal: str, checks: Sequence[dict[str, Any]] = (),
+          n_boot: int = 1000, level: float = 0.9, extrapolate: float = 10.0) -> dict[str, Any]:
+    """The fits document: per-axis laws, the compute-optimal frontier, the extrapolated prediction, checks."""
+    if len(points) < 3:
+        raise MmrepError(f"only {len(points)} run(s) report {metric!r} with FLOPs and parameters; a fit needs >= 3")
+    axes = fit_axes(points, n_boot, level)
+    doc: dict[str, Any] = {"metric": metric, "goal": goal,
+                           "loss": metric if goal == "minimize" else f"1 - {metric}", "runs": points, "axes": {}}
+    for axis, entry in axes.items():
+        fit = entry["fit"]
+        doc["axes"][axis] = {"x": entry["x_key"], "fitted_on": entry["chosen"], "run_ids": [p["run_id"] for p in entry["points"]],
+                             "fit": fit.to_dict() if fit else None, "skipped": entry["skipped"]}
+    doc["frontier"] = [{k: p[k] for k in ("run_id", "train_flops", "params_non_embedding", "samples_seen", "loss", "metric")}
+                       for p in frontier(points)]
+    cfit = axes["compute"]["fit"]
+    if cfit is not None:
+        x = extrapolate * max(p["train_flops"] for p in points)
+        lo, hi = cfit.band([x])
+        doc["prediction"] = {"factor": extrapolate, "train_flops": x, "loss": float(cfit.predict([x])[0]),
+                             "loss_interval": [float(lo[0]), float(hi[0])]}
+        doc["checks"] = []
+        for s in checks:
+            pred = float(cfit.predict([s["train_flops"]])[0])
+            lo, hi = cfit.band([s["train_flops"]])
+            measured = s.get(metric)
+            loss = None if measured is None else (measured if goal == "minimize" else 1 - measured)
+            doc["checks"].append({"run_id": s.get("run_id", ""), "output_dir": s.get("output_dir", ""),
+                                  "train_flops": s["train_flops"], "params_non_embedding": s.get("params_non_embedding"),
+                                  "samples_seen": s.get("samples_seen"), "predicted_loss": pred,
+                                  "predicted_interval": [float(lo[0]), float(hi[0])], "measured_loss": loss,
+                                  "inside_interval": loss is not None and float(lo[0]) <= loss <= float(hi[0])})
+    doc["_fits"] = axes  # live objects for plotting; not serialised
+    return doc
+
+
+def plot(doc: dict[str, Any], out: Path) -> list[Path]:
+    """One PNG per fitted axis: the runs, the fitted law, and its bootstrap band out to the extrapolation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    factor = doc.get("prediction", {}).get("factor", 10.0)
+    for axis, entry in doc["_fits"].items():
+        key = AXES[axis]
+        fig, ax = plt.subplots(figsize=(5, 3.6), dpi=100)
+        xs = np.array([p[key] for p in doc["runs"]], float)
+        ax.scatter(xs, [p["loss"] for p in doc["runs"]], s=18, c="0.6", label="runs")
+        chosen = entry["points"]
+        ax.scatter([p[key] for p in chosen], [p["loss"] for p in chosen], s=26, c="C0", label=entry["chosen"])
+        fit = entry["fit"]
+        if fit is not None:
+            grid = np.geomspace(xs.min(), xs.max() * factor, 200)
+            lo, hi = fit.band(grid)
+            ax.fill_between(grid, lo, hi, color="C1", alpha=0.25, label=f"{int(fit.level * 100)}% band")
+            ax.plot(grid, fit.predict(grid), c="C1",
+                    label=f"b={fit.b:.2f} [{fit.b_ci[0]:.2f}, {fit.b_ci[1]:.2f}], c={fit.c:.3f}")
+            ax.axvline(xs.max(), c="0.8", lw=0.8, ls="--")
+        if axis == "compute":
+            for c in doc.get("checks", []):
+                if c["measured_loss"] is not None:
+                    ax.scatter([c["train_flops"]], [c["measured_loss"]], marker="*", s=90, c="C3", label="check run")
+        ax.set_xscale("log")
+        ax.set_xlabel(AXIS_LABELS[axis])
+        ax.set_ylabel(doc["loss"])
+        ax.set_title(f"{axis}: L = a·(x/x0)^(−b) + c" + ("" if fit else " (not fitted)"), fontsize=9)
+        ax.legend(fontsize=6.5)
+        fig.tight_layout()
+        path = out / f"law-{axis}.png"
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png")
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def markdown(doc: dict[str, Any], plots: Sequence[Path] = ()) -> str:
+    def sci(v: Any) -> str:
+        return "–" if v is None else f"{float(v):.3g}"
+
+    lines = [f"# Scaling laws: {doc['loss']}", "",
+             f"Metric `{doc['metric']}` ({doc['goal']}), {len(doc['runs'])} runs; loss L = {doc['loss']}; "
+             "fits L(x) = a·(x/x0)^(−b) + c (scipy curve_fit), exponent intervals from a residual bootstrap.", "",
+             "## Runs", "", "| run | steps | samples | non-emb. params | params | train FLOPs | metric | L |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for p in sorted(doc["runs"], key=lambda p: (p["params_non_embedding"], p["samples_seen"])):
+        lines.append(f"| {p['run_id']} | {p['steps']} | {p['samples_seen']:,} | {p['params_non_embedding']:,} | "
+                     f"{p['params_total']:,} | {sci(p['train_flops'])} | {p['metric']:.4f} | {p['loss']:.4f} |")
+    lines += ["", "## Fits", "", "| axis | x | fitted on | n | b (exponent) | interval | c (floor) | a | x0 | RMSE |",
+              "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for axis, a in doc["axes"].items():
+        f = a["fit"]
+        if f is None:
+            lines.append(f"| {axis} | {a['x']} | {a['fitted_on']} | – | not fitted: {a['skipped']} | | | | | |")
+            continue
+        lines.append(f"| {axis} | {a['x']} | {a['fitted_on']} | {f['n']} | {f['b']:.3f} | "
+                     f"[{f['b_ci'][0]:.3f}, {f['b_ci'][1]:.3f}] ({int(f['level'] * 100)}%) | {f['c']:.4f} | "
+                     f"{f['a']:.4f} | {sci(f['x0'])} | {f['rmse']:.4f} |")
+    lines += ["", "## Compute-optimal frontier", "",
+              "Runs that reach a lower loss than every run with less training compute:", "",
+              "| run | train FLOPs | non-emb. params | samples | L |", "| --- | ---: | ---: | ---: | ---: |"]
+    for p in doc["frontier"]:
+        lines.append(f"| {p['run_id']} | {sci(p['train_flops'])} | {p['params_non_embedding']:,} | "
+                     f"{p['samples_seen']:,} | {p['loss']:.4f} |")
+    pred = doc.get("prediction")
+    if pred:
+        lines += ["", "## Extrapolation", "",
+                  f"At {pred['factor']:g}× the largest compute ({sci(pred['train_flops'])} FLOPs) the compute law "
+                  f"predicts L = {pred['loss']:.4f} (band [{pred['loss_interval'][0]:.4f}, {pred['loss_interval'][1]:.4f}])."]
+    if doc.get("checks"):
+        lines += ["", "## Check runs (not used in the fit)", "",
+                  "| run | train FLOPs | predicted L | band | measured L | inside |", "| --- | ---: | ---: | --- | ---: | --- |"]
+        for c in doc["checks"]:
+            m = "–" if c["measured_loss"] is None else f"{c['measured_loss']:.4f}"
+            lines.append(f"| {c['run_id'] or c['output_dir']} | {sci(c['train_flops'])} | {c['predicted_loss']:.4f} | "
+                         f"[{c['predicted_interval'][0]:.4f}, {c['predicted_interval'][1]:.4f}] | {m} | "
+                         f"{'yes' if c['inside_interval'] else 'no'} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write(doc: dict[str, Any], out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = plot(doc, out)
+    serial = {k: v for k, v in doc.items() if not k.startswith("_")}
+    with atomic_write(out / FITS_FILE, "w") as f:
+        json.dump(serial, f, indent=1, default=_json_default)
+    with atomic_write(out / REPORT_FILE, "w") as f:
+        f.write(markdown(doc, plots))
+    return {"fits": out / FITS_FILE, "report": out / REPORT_FILE, **{p.stem: p for p in plots}}
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (np.integer, np.floating)):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v)}")
+
+
+def log_to_wandb(doc: dict[str, Any], files: dict[str, Path], mode: str, project: str, out: Path) -> str:
+    """The plots, the runs table and the exponents as one W&B run (`sweep-fit`); returns the mode used."""
+    from mmrep.train.logging import resolve_wandb_mode
+
+    mode = resolve_wandb_mode(mode)  # type: ignore[arg-type]
+    if mode == "disabled":
+        return mode
+    import wandb
+
+    run = wandb.init(project=project, name=f"sweep-fit-{out.name}", dir=str(out), mode=mode, job_type="sweep-fit",
+                     reinit="finish_previous", settings=wandb.Settings(console="off", silent=True))
+    try:
+        run.log({name: wandb.Image(str(p)) for name, p in files.items() if p.suffix == ".png"})
+        cols = ["run_id", "train_flops", "samples_seen", "params_non_embedding", "metric", "loss"]
+        run.log({"runs": wandb.Table(columns=cols, data=[[p[c] for c in cols] for p in doc["runs"]])})
+        for axis, a in doc["axes"].items():
+            if a["fit"]:
+                run.summary.update({f"{axis}_b": a["fit"]["b"], f"{axis}_b_lo": a["fit"]["b_ci"][0],
+                                    f"{axis}_b_hi": a["fit"]["b_ci"][1], f"{axis}_c": a["fit"]["c"]})
+    finally:
+        run.finish()
+    return mode

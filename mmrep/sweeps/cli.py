@@ -47,7 +47,7 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
                    "with the compute law's prediction (repeatable)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap refits for the intervals")
     p.add_argument("--level", type=float, default=0.9, help="interval level (default 0.9)")
-    p.add_argument("--extrapolate", type=float, default=10.0, help="predict at this multiple of the largest compute")
+    p.add_argument("--extrapolate", type=float, default=10.0, help="predict each law at this multiple of its largest x")
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="log the plots and fits to W&B (auto: WANDB_MODE, else online when logged in)")
     p.add_argument("--project", default="mmrep", help="W&B project of the sweep-fit run")

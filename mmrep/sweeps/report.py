@@ -80,25 +80,37 @@ def build(points: list[dict[str, Any]], metric: str, goal: str, checks: Sequence
                              "fit": fit.to_dict() if fit else None, "skipped": entry["skipped"]}
     doc["frontier"] = [{k: p[k] for k in ("run_id", "train_flops", "params_non_embedding", "samples_seen", "loss", "metric")}
                        for p in frontier(points)]
-    cfit = axes["compute"]["fit"]
-    if cfit is not None:
-        x = extrapolate * max(p["train_flops"] for p in points)
-        lo, hi = cfit.band([x])
-        doc["prediction"] = {"factor": extrapolate, "train_flops": x, "loss": float(cfit.predict([x])[0]),
-                             "loss_interval": [float(lo[0]), float(hi[0])]}
-        doc["checks"] = []
-        for s in checks:
-            pred = float(cfit.predict([s["train_flops"]])[0])
-            lo, hi = cfit.band([s["train_flops"]])
-            measured = s.get(metric)
-            loss = None if measured is None else (measured if goal == "minimize" else 1 - measured)
-            doc["checks"].append({"run_id": s.get("run_id", ""), "output_dir": s.get("output_dir", ""),
-                                  "train_flops": s["train_flops"], "params_non_embedding": s.get("params_non_embedding"),
-                                  "samples_seen": s.get("samples_seen"), "predicted_loss": pred,
-                                  "predicted_interval": [float(lo[0]), float(hi[0])], "measured_loss": loss,
-                                  "inside_interval": loss is not None and float(lo[0]) <= loss <= float(hi[0])})
+    doc["prediction"] = {"factor": extrapolate}  # each law at `extrapolate` x its largest fitted x
+    for axis, entry in axes.items():
+        fit = entry["fit"]
+        if fit is not None:
+            x = extrapolate * max(p[AXES[axis]] for p in entry["points"])
+            lo, hi = fit.band([x])
+            doc["prediction"][axis] = {"x": x, "loss": float(fit.predict([x])[0]), "interval": [float(lo[0]), float(hi[0])]}
+    doc["checks"] = [_check(s, axes, metric, goal) for s in checks]
     doc["_fits"] = axes  # live objects for plotting; not serialised
     return doc
+
+
+def _check(s: dict[str, Any], axes: dict[str, Any], metric: str, goal: str) -> dict[str, Any]:
+    """A run left out of the fit: its measured loss against each law that covers it.
+
+    The compute law (the frontier) covers any run; the data law covers runs of the model it was fitted
+    on (more samples), the model law runs at its sample budget (a larger model)."""
+    measured = s.get(metric)
+    loss = None if measured is None else (float(measured) if goal == "minimize" else 1 - float(measured))
+    out: dict[str, Any] = {"run_id": s.get("run_id", ""), "output_dir": s.get("output_dir", ""),
+                           "train_flops": s["train_flops"], "params_non_embedding": s.get("params_non_embedding"),
+                           "samples_seen": s.get("samples_seen"), "measured_loss": loss, "predictions": {}}
+    for axis, entry in axes.items():
+        fit, key = entry["fit"], AXES[axis]
+        same = {"data": "params_non_embedding", "model": "samples_seen"}.get(axis)
+        if fit is None or s.get(key) is None or (same and {p[same] for p in entry["points"]} != {s.get(same)}):
+            continue
+        lo, hi = fit.band([s[key]])
+        out["predictions"][axis] = {"loss": float(fit.predict([s[key]])[0]), "interval": [float(lo[0]), float(hi[0])],
+                                    "inside": loss is not None and float(lo[0]) <= loss <= float(hi[0])}
+    return out
 
 
 def plot(doc: dict[str, Any], out: Path) -> list[Path]:
@@ -125,10 +137,9 @@ def plot(doc: dict[str, Any], out: Path) -> list[Path]:
             ax.plot(grid, fit.predict(grid), c="C1",
                     label=f"b={fit.b:.2f} [{fit.b_ci[0]:.2f}, {fit.b_ci[1]:.2f}], c={fit.c:.3f}")
             ax.axvline(xs.max(), c="0.8", lw=0.8, ls="--")
-        if axis == "compute":
-            for c in doc.get("checks", []):
-                if c["measured_loss"] is not None:
-                    ax.scatter([c["train_flops"]], [c["measured_loss"]], marker="*", s=90, c="C3", label="check run")
+        for c in doc.get("checks", []):
+            if c["measured_loss"] is not None and axis in c["predictions"]:
+                ax.scatter([c[key]], [c["measured_loss"]], marker="*", s=90, c="C3", label="check run (not fitted)")
         ax.set_xscale("log")
         ax.set_xlabel(AXIS_LABELS[axis])
         ax.set_ylabel(doc["loss"])
@@ -171,19 +182,23 @@ def markdown(doc: dict[str, Any], plots: Sequence[Path] = ()) -> str:
     for p in doc["frontier"]:
         lines.append(f"| {p['run_id']} | {sci(p['train_flops'])} | {p['params_non_embedding']:,} | "
                      f"{p['samples_seen']:,} | {p['loss']:.4f} |")
-    pred = doc.get("prediction")
-    if pred:
-        lines += ["", "## Extrapolation", "",
-                  f"At {pred['factor']:g}× the largest compute ({sci(pred['train_flops'])} FLOPs) the compute law "
-                  f"predicts L = {pred['loss']:.4f} (band [{pred['loss_interval'][0]:.4f}, {pred['loss_interval'][1]:.4f}])."]
+    pred = doc.get("prediction", {})
+    rows = [(axis, pred[axis]) for axis in AXES if axis in pred]
+    if rows:
+        lines += ["", "## Extrapolation", "", f"Each law at {pred['factor']:g}× the largest x it was fitted on:", "",
+                  "| law | x | predicted L | band |", "| --- | ---: | ---: | --- |"]
+        lines += [f"| {axis} | {sci(p['x'])} {AXIS_LABELS[axis]} | {p['loss']:.4f} | "
+                  f"[{p['interval'][0]:.4f}, {p['interval'][1]:.4f}] |" for axis, p in rows]
     if doc.get("checks"):
         lines += ["", "## Check runs (not used in the fit)", "",
-                  "| run | train FLOPs | predicted L | band | measured L | inside |", "| --- | ---: | ---: | --- | ---: | --- |"]
+                  "| run | train FLOPs | samples | law | predicted L | band | measured L | inside |",
+                  "| --- | ---: | ---: | --- | ---: | --- | ---: | --- |"]
         for c in doc["checks"]:
             m = "–" if c["measured_loss"] is None else f"{c['measured_loss']:.4f}"
-            lines.append(f"| {c['run_id'] or c['output_dir']} | {sci(c['train_flops'])} | {c['predicted_loss']:.4f} | "
-                         f"[{c['predicted_interval'][0]:.4f}, {c['predicted_interval'][1]:.4f}] | {m} | "
-                         f"{'yes' if c['inside_interval'] else 'no'} |")
+            for axis, p in c["predictions"].items():
+                lines.append(f"| {c['run_id'] or c['output_dir']} | {sci(c['train_flops'])} | {c['samples_seen']:,} | "
+                             f"{axis} | {p['loss']:.4f} | [{p['interval'][0]:.4f}, {p['interval'][1]:.4f}] | {m} | "
+                             f"{'yes' if p['inside'] else 'no'} |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"

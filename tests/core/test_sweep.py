@@ -142,7 +142,10 @@ def test_report_writes_fits_plots_and_markdown(tmp_path):
         assert f is not None and f["b"] > 0 and f["b_ci"][0] <= f["b"] <= f["b_ci"][1]
     assert fits["axes"]["data"]["fitted_on"].startswith("largest model")
     assert len(fits["axes"]["data"]["run_ids"]) == 4 and len(fits["axes"]["model"]["run_ids"]) == 3
-    assert fits["prediction"]["factor"] == 10 and fits["checks"][0]["measured_loss"] == pytest.approx(0.8)
+    assert fits["prediction"]["factor"] == 10
+    assert fits["prediction"]["compute"]["x"] == pytest.approx(10 * max(p["train_flops"] for p in points))
+    check_row = fits["checks"][0]
+    assert check_row["measured_loss"] == pytest.approx(0.8) and set(check_row["predictions"]) == {"compute", "data", "model"}
     assert fits["frontier"][0]["train_flops"] == min(p["train_flops"] for p in points)
     for axis in ("compute", "data", "model"):
         assert (tmp_path / f"law-{axis}.png").read_bytes()[:4] == b"\x89PNG"

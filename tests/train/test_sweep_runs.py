@@ -78,7 +78,8 @@ command: ["${{env}}", "${{interpreter}}", "${{program}}", "${{args_no_boolean_fl
         assert summary["train_flops"] == summary["flops_per_step"] * steps > 0
         assert summary["samples_seen"] == 8 * steps and 0 < summary["params_non_embedding"] < summary["params_total"]
         assert 0 <= summary["val_mean_r10"] <= 1 and "val_image_search_r10" in summary and "val_t2mm_r10" in summary
-        assert list((d / "wandb").glob("offline-run-*-run{}".format(i)))  # its own offline W&B run, same id
+        (wandb_file,) = (d / "wandb").glob(f"offline-run-*-run{i}/run-run{i}.wandb")  # its own W&B run, same id
+        assert b"val_mean_r10" in wandb_file.read_bytes()  # the summary reached W&B (only the summary holds it)
 
 
 @pytest.mark.slow
@@ -100,7 +101,7 @@ parameters:
     out = tmp_path / "sweep"
     # shrunk from the command line: 3 of the 6 budgets
     assert cli.main([str(path), "--out", str(out), "--parameters.optim.total_steps.values=[2, 4, 8]",
-                     "--n-boot", "100", "--wandb", "disabled"]) == 0
+                     "--n-boot", "100", "--wandb", "offline"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert [r["returncode"] for r in results] == [0, 0, 0] and len({r["run_dir"] for r in results}) == 3
     fits = json.loads((out / "fits.json").read_text())
@@ -110,6 +111,8 @@ parameters:
         f = fits["axes"][axis]["fit"]
         assert f["n"] == 3 and f["b"] >= 0 and f["b_ci"][0] <= f["b_ci"][1]
     assert fits["axes"]["model"]["fit"] is None and "3 distinct" in fits["axes"]["model"]["skipped"]
-    assert fits["prediction"]["train_flops"] == pytest.approx(10 * max(p["train_flops"] for p in fits["runs"]))
+    assert fits["prediction"]["compute"]["x"] == pytest.approx(10 * max(p["train_flops"] for p in fits["runs"]))
     assert fits["frontier"] and (out / "law-compute.png").is_file() and (out / "law-data.png").is_file()
     assert "## Fits" in (out / "report.md").read_text()
+    (fit_run,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # the plots and exponents went to W&B
+    assert b"law-compute" in fit_run.read_bytes() and b"compute_b" in fit_run.read_bytes()

@@ -125,8 +125,9 @@ def _fit(folder: Path, args: argparse.Namespace, file_metric: dict, out: Path | 
     files = report.write(doc, out or folder)
     for axis, a in doc["axes"].items():
         f = a["fit"]
-        print(f"{axis:8s} " + (f"b = {f['b']:.3f} [{f['b_ci'][0]:.3f}, {f['b_ci'][1]:.3f}], c = {f['c']:.4f} "
-                                f"({f['n']} runs: {a['fitted_on']})" if f else f"not fitted: {a['skipped']}"))
+        ci = f"[{f['b_ci'][0]:.3f}, {f['b_ci'][1]:.3f}]" if f and f["b_ci"] else "(no interval)"
+        print(f"{axis:8s} " + (f"b = {f['b']:.3f} {ci}, c = {f['c']:.4f} ({f['n']} runs: {a['fitted_on']})"
+                                if f else f"not fitted: {a['skipped']}"))
     mode = report.log_to_wandb(doc, files, args.wandb, args.project, out or folder)
     print(f"wrote {files['fits']}, {files['report']} and {sum(p.suffix == '.png' for p in files.values())} plots"
           + ("" if mode == "disabled" else f" (W&B {mode})"))

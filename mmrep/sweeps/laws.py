@@ -5,8 +5,10 @@ the fit well conditioned over FLOPs in the 1e12 range; `a` is in units of L at x
 from a residual bootstrap (refit on fitted values + resampled residuals), which works with the handful
 of points a sweep gives, where resampling points would often leave fewer distinct x than parameters.
 Three axes, as in Kaplan et al. / Hoffmann et al.: compute (fitted on the compute-optimal frontier:
-runs no cheaper run beats), data (samples seen, at the largest model) and model size (non-embedding
-parameters, at the largest sample budget).
+runs no cheaper run beats), data (samples seen) and model size (non-embedding parameters), each of the
+last two on its envelope: the best run at each value, whatever the other axis (so the law describes
+what that many samples / parameters can reach, not one slice of the grid). With exactly 3 points the
+3-parameter law interpolates them: no residuals are left, so no interval is given.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ class PowerLawFit:
     x0: float
     n: int
     rmse: float
-    b_ci: tuple[float, float]
-    c_ci: tuple[float, float]
+    b_ci: tuple[float, float] | None  # None: too few points for an interval
+    c_ci: tuple[float, float] | None
     level: float
     boot: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 3)))  # (B, 3) bootstrap (a, b, c)
 
@@ -47,7 +49,7 @@ class PowerLawFit:
     def band(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """Pointwise `level` interval of the prediction over the bootstrap fits."""
         x = np.asarray(x, float)
-        if len(self.boot) < 2:
+        if len(self.boot) < 2 or self.b_ci is None:
             p = self.predict(x)
             return p, p
         preds = np.stack([law(x, *row, self.x0) for row in self.boot])
@@ -56,7 +58,7 @@ class PowerLawFit:
 
     def to_dict(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "c": self.c, "x0": self.x0, "n": self.n, "rmse": self.rmse,
-                "b_ci": list(self.b_ci), "c_ci": list(self.c_ci), "level": self.level, "bootstrap_fits": len(self.boot)}
+                "b_ci": list(self.b_ci) if self.b_ci else None, "c_ci": list(self.c_ci) if self.c_ci else None, "level": self.level, "bootstrap_fits": len(self.boot)}
 
 
 def _curve_fit(x: np.ndarray, y: np.ndarray, x0: float, p0: Sequence[float] | None = None) -> np.ndarray:
@@ -95,9 +97,9 @@ def fit_saturating(x: Sequence[float], y: Sequence[float], n_boot: int = 1000, l
     boot_arr = np.array(boot) if boot else np.zeros((0, 3))
     lo = (1 - level) / 2
 
-    def ci(col: int) -> tuple[float, float]:
-        if len(boot_arr) < 2:
-            return float(popt[col]), float(popt[col])
+    def ci(col: int) -> tuple[float, float] | None:
+        if len(boot_arr) < 2 or len(x) <= 3:  # no residual degrees of freedom: an interval would be fake
+            return None
         return float(np.quantile(boot_arr[:, col], lo)), float(np.quantile(boot_arr[:, col], 1 - lo))
 
     return PowerLawFit(a=float(popt[0]), b=float(popt[1]), c=float(popt[2]), x0=x0, n=len(x),
@@ -115,6 +117,15 @@ def frontier(points: list[dict[str, Any]], x_key: str = "train_flops", y_key: st
     return out
 
 
+def envelope(points: list[dict[str, Any]], x_key: str) -> list[dict[str, Any]]:
+    """The best (lowest-loss) run at each distinct x, in increasing x."""
+    best: dict[Any, dict[str, Any]] = {}
+    for p in points:
+        if p[x_key] not in best or p["loss"] < best[p[x_key]]["loss"]:
+            best[p[x_key]] = p
+    return [best[x] for x in sorted(best)]
+
+
 def axis_points(points: list[dict[str, Any]], axis: str) -> tuple[list[dict[str, Any]], str]:
     """The runs a law is fitted on, and how they were chosen."""
     if axis == "compute":
@@ -122,11 +133,9 @@ def axis_points(points: list[dict[str, Any]], axis: str) -> tuple[list[dict[str,
         if len({p["train_flops"] for p in front}) >= 3:
             return front, "compute-optimal frontier"
         return points, "all runs (the frontier has < 3 points)"
-    if axis == "data":
-        top = max(p["params_non_embedding"] for p in points)
-        return [p for p in points if p["params_non_embedding"] == top], f"largest model ({top:,} non-embedding params)"
-    top = max(p["samples_seen"] for p in points)
-    return [p for p in points if p["samples_seen"] == top], f"largest sample budget ({top:,} samples)"
+    key = AXES[axis]
+    other = "model size" if axis == "data" else "sample budget"
+    return envelope(points, key), f"best run per {AXIS_LABELS[axis]} (over {other})"
 
 
 def fit_axes(points: list[dict[str, Any]], n_boot: int = 1000, level: float = 0.9, seed: int = 0) -> dict[str, Any]:

@@ -134,8 +134,8 @@ def plot(doc: dict[str, Any], out: Path) -> list[Path]:
             grid = np.geomspace(xs.min(), xs.max() * factor, 200)
             lo, hi = fit.band(grid)
             ax.fill_between(grid, lo, hi, color="C1", alpha=0.25, label=f"{int(fit.level * 100)}% band")
-            ax.plot(grid, fit.predict(grid), c="C1",
-                    label=f"b={fit.b:.2f} [{fit.b_ci[0]:.2f}, {fit.b_ci[1]:.2f}], c={fit.c:.3f}")
+            ci = f" [{fit.b_ci[0]:.2f}, {fit.b_ci[1]:.2f}]" if fit.b_ci else " (3 points: no interval)"
+            ax.plot(grid, fit.predict(grid), c="C1", label=f"b={fit.b:.2f}{ci}, c={fit.c:.3f}")
             ax.axvline(xs.max(), c="0.8", lw=0.8, ls="--")
         for c in doc.get("checks", []):
             if c["measured_loss"] is not None and axis in c["predictions"]:
@@ -173,8 +173,8 @@ def markdown(doc: dict[str, Any], plots: Sequence[Path] = ()) -> str:
         if f is None:
             lines.append(f"| {axis} | {a['x']} | {a['fitted_on']} | – | not fitted: {a['skipped']} | | | | | |")
             continue
-        lines.append(f"| {axis} | {a['x']} | {a['fitted_on']} | {f['n']} | {f['b']:.3f} | "
-                     f"[{f['b_ci'][0]:.3f}, {f['b_ci'][1]:.3f}] ({int(f['level'] * 100)}%) | {f['c']:.4f} | "
+        ci = f"[{f['b_ci'][0]:.3f}, {f['b_ci'][1]:.3f}] ({int(f['level'] * 100)}%)" if f["b_ci"] else "– (3 points)"
+        lines.append(f"| {axis} | {a['x']} | {a['fitted_on']} | {f['n']} | {f['b']:.3f} | {ci} | {f['c']:.4f} | "
                      f"{f['a']:.4f} | {sci(f['x0'])} | {f['rmse']:.4f} |")
     lines += ["", "## Compute-optimal frontier", "",
               "Runs that reach a lower loss than every run with less training compute:", "",

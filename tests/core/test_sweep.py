@@ -137,10 +137,12 @@ def test_report_writes_fits_plots_and_markdown(tmp_path):
     files = report.write(doc, tmp_path)
     fits = json.loads(files["fits"].read_text())
     assert fits["loss"] == "1 - val_mean_r10"
-    for axis in ("compute", "data", "model"):
+    for axis in ("compute", "data"):
         f = fits["axes"][axis]["fit"]
         assert f is not None and f["b"] > 0 and f["b_ci"][0] <= f["b"] <= f["b_ci"][1]
-    assert fits["axes"]["data"]["fitted_on"].startswith("largest model")
+    model = fits["axes"]["model"]["fit"]
+    assert model["n"] == 3 and model["b"] > 0 and model["b_ci"] is None  # 3 points, 3 parameters: no interval
+    assert fits["axes"]["data"]["fitted_on"] == "best run per samples seen (over model size)"
     assert len(fits["axes"]["data"]["run_ids"]) == 4 and len(fits["axes"]["model"]["run_ids"]) == 3
     assert fits["prediction"]["factor"] == 10
     assert fits["prediction"]["compute"]["x"] == pytest.approx(10 * max(p["train_flops"] for p in points))

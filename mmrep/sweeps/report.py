@@ -113,40 +113,49 @@ def _check(s: dict[str, Any], axes: dict[str, Any], metric: str, goal: str) -> d
     return out
 
 
+def _draw(ax, doc: dict[str, Any], axis: str, entry: dict[str, Any], small: bool = False) -> None:
+    key = AXES[axis]
+    factor = doc.get("prediction", {}).get("factor", 10.0)
+    xs = np.array([p[key] for p in doc["runs"]], float)
+    ax.scatter(xs, [p["loss"] for p in doc["runs"]], s=14, c="0.65", label="runs")
+    chosen = entry["points"]
+    ax.scatter([p[key] for p in chosen], [p["loss"] for p in chosen], s=22, c="C0", label=entry["chosen"])
+    fit = entry["fit"]
+    if fit is not None:
+        grid = np.geomspace(xs.min(), xs.max() * factor, 200)
+        lo, hi = fit.band(grid)
+        ax.fill_between(grid, lo, hi, color="C1", alpha=0.25, label=f"{int(fit.level * 100)}% bootstrap band")
+        ci = f" [{fit.b_ci[0]:.2f}, {fit.b_ci[1]:.2f}]" if fit.b_ci else " (3 points: no interval)"
+        ax.plot(grid, fit.predict(grid), c="C1", label=f"b={fit.b:.2f}{ci}, c={fit.c:.3f}")
+        ax.axvline(xs.max(), c="0.8", lw=0.8, ls="--")
+    for c in doc.get("checks", []):
+        if c["measured_loss"] is not None and axis in c["predictions"]:
+            ax.scatter([c[key]], [c["measured_loss"]], marker="*", s=80, c="C3", label="check run (not fitted)")
+    ax.set_xscale("log")
+    ax.set_xlabel(AXIS_LABELS[axis], fontsize=8 if small else 10)
+    ax.set_ylabel(doc["loss"], fontsize=8 if small else 10)
+    ax.set_title(f"{axis}: L = a·(x/x0)^(−b) + c" + ("" if fit else " (not fitted)"), fontsize=8 if small else 9)
+    ax.tick_params(labelsize=7 if small else 9)
+    ax.legend(fontsize=5.5 if small else 6.5)
+
+
 def plot(doc: dict[str, Any], out: Path) -> list[Path]:
-    """One PNG per fitted axis: the runs, the fitted law, and its bootstrap band out to the extrapolation."""
+    """One PNG per axis (the runs, the fitted law, its bootstrap band out to the extrapolation), and
+    `laws.png` with the three side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figures = [(f"law-{axis}.png", [axis], (5, 3.6), 100) for axis in doc["_fits"]]
+    figures.append(("laws.png", list(doc["_fits"]), (12, 3.6), 80))
     paths = []
-    factor = doc.get("prediction", {}).get("factor", 10.0)
-    for axis, entry in doc["_fits"].items():
-        key = AXES[axis]
-        fig, ax = plt.subplots(figsize=(5, 3.6), dpi=100)
-        xs = np.array([p[key] for p in doc["runs"]], float)
-        ax.scatter(xs, [p["loss"] for p in doc["runs"]], s=18, c="0.6", label="runs")
-        chosen = entry["points"]
-        ax.scatter([p[key] for p in chosen], [p["loss"] for p in chosen], s=26, c="C0", label=entry["chosen"])
-        fit = entry["fit"]
-        if fit is not None:
-            grid = np.geomspace(xs.min(), xs.max() * factor, 200)
-            lo, hi = fit.band(grid)
-            ax.fill_between(grid, lo, hi, color="C1", alpha=0.25, label=f"{int(fit.level * 100)}% band")
-            ci = f" [{fit.b_ci[0]:.2f}, {fit.b_ci[1]:.2f}]" if fit.b_ci else " (3 points: no interval)"
-            ax.plot(grid, fit.predict(grid), c="C1", label=f"b={fit.b:.2f}{ci}, c={fit.c:.3f}")
-            ax.axvline(xs.max(), c="0.8", lw=0.8, ls="--")
-        for c in doc.get("checks", []):
-            if c["measured_loss"] is not None and axis in c["predictions"]:
-                ax.scatter([c[key]], [c["measured_loss"]], marker="*", s=90, c="C3", label="check run (not fitted)")
-        ax.set_xscale("log")
-        ax.set_xlabel(AXIS_LABELS[axis])
-        ax.set_ylabel(doc["loss"])
-        ax.set_title(f"{axis}: L = a·(x/x0)^(−b) + c" + ("" if fit else " (not fitted)"), fontsize=9)
-        ax.legend(fontsize=6.5)
+    for name, axes, size, dpi in figures:
+        fig, subplots = plt.subplots(1, len(axes), figsize=size, dpi=dpi, squeeze=False)
+        for ax, axis in zip(subplots[0], axes):
+            _draw(ax, doc, axis, doc["_fits"][axis], small=len(axes) > 1)
         fig.tight_layout()
-        path = out / f"law-{axis}.png"
+        path = out / name
         with atomic_write(path, "wb") as f:
             fig.savefig(f, format="png")
         plt.close(fig)

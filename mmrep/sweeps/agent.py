@@ -4,7 +4,8 @@ For every parameter set `wandb agent` sets WANDB_RUN_ID (and WANDB_SWEEP_ID), fi
 `command:` macros with `wandb.sdk.launch.sweeps.utils.create_sweep_command_args` (`${args}` = `--k=v`
 with Python's str() of each value, `${args_no_boolean_flags}`, `${args_json}`, ...) and runs it. This
 agent does exactly that, except that `${interpreter}` is this Python (the agent writes `python`) unless
-`interpreter="python"` is asked for, and it sets MMREP_RUNS_DIR so runs land under the sweep's folder.
+`interpreter="python"` is asked for, it sets MMREP_RUNS_DIR so runs land under the sweep's folder, and
+MMREP_SWEEP_ID instead of WANDB_SWEEP_ID (an online W&B run would look that sweep up on the server).
 A run already finished (its summary.json exists) is not run again.
 """
 
@@ -73,7 +74,8 @@ def plan(sweep: Sweep, runs: list[dict[str, Any]], out: Path, interpreter: str =
         rid = run_id_for(params)
         json_file = out / "args" / f"config-{rid}.json"
         cmd = wandb_command(sweep, params, interpreter, str(json_file))
-        env = {"WANDB_RUN_ID": rid, "WANDB_SWEEP_ID": sweep_id, "MMREP_RUNS_DIR": str(out / "runs")}
+        # no WANDB_SWEEP_ID: an online W&B run would look for the sweep on the server (it exists only here)
+        env = {"WANDB_RUN_ID": rid, "MMREP_SWEEP_ID": sweep_id, "MMREP_RUNS_DIR": str(out / "runs")}
         run_dir = Path(str(params["output_dir"])) if "output_dir" in params else out / "runs" / rid
         planned.append(PlannedRun(i, rid, params, cmd, run_dir, out / "logs" / f"{rid}.log", env))
     return planned

@@ -65,7 +65,8 @@ def build_summary(trainer) -> dict[str, Any]:
     cfg = trainer.cfg
     per_step = trainer.flops.per_step
     out: dict[str, Any] = {
-        "run_id": os.environ.get("WANDB_RUN_ID", ""), "sweep_id": os.environ.get("WANDB_SWEEP_ID", ""),
+        "run_id": os.environ.get("WANDB_RUN_ID", ""),
+        "sweep_id": os.environ.get("WANDB_SWEEP_ID") or os.environ.get("MMREP_SWEEP_ID", ""),
         "output_dir": str(trainer.out_dir), "stage": cfg.stage, "steps": trainer.step,
         "samples_seen": trainer.samples_seen, "global_batch": cfg.data.batch_size * cfg.optim.accum_steps * trainer.world,
         "flops_per_step": per_step, "train_flops": per_step * trainer.step if per_step is not None else None,

@@ -46,6 +46,9 @@ def test_train_cli_takes_wandb_agent_args(monkeypatch):
     assert parse(argv + ["--output_dir=elsewhere"], stage="posttrain").output_dir == "elsewhere"  # explicit wins
     monkeypatch.setenv("MMREP_RUNS_DIR", "/sweeps/s1/runs")
     assert parse(argv, stage="posttrain").output_dir == "/sweeps/s1/runs/abc123"
+    # `mmrep train` as a sweep command (`command: [mmrep, train, --stage=posttrain, ${args}]`)
+    cfg = parse(["--stage=posttrain"] + argv)
+    assert cfg.stage == "posttrain" and cfg.output_dir == "/sweeps/s1/runs/abc123"
 
 
 def test_sweep_without_run_id_hashes_the_overrides():

@@ -85,18 +85,24 @@ def build(points: list[dict[str, Any]], metric: str, goal: str, checks: Sequence
         fit = entry["fit"]
         if fit is not None:
             x = extrapolate * max(p[AXES[axis]] for p in entry["points"])
-            lo, hi = fit.band([x])
-            doc["prediction"][axis] = {"x": x, "loss": float(fit.predict([x])[0]), "interval": [float(lo[0]), float(hi[0])]}
+            doc["prediction"][axis] = {"x": x, "loss": float(fit.predict([x])[0]), "interval": _interval(fit, x)}
     doc["checks"] = [_check(s, axes, metric, goal) for s in checks]
     doc["_fits"] = axes  # live objects for plotting; not serialised
     return doc
 
 
-def _check(s: dict[str, Any], axes: dict[str, Any], metric: str, goal: str) -> dict[str, Any]:
-    """A run left out of the fit: its measured loss against each law that covers it.
+def _interval(fit, x: float) -> list[float] | None:
+    if fit.b_ci is None:
+        return None
+    lo, hi = fit.band([x])
+    return [float(lo[0]), float(hi[0])]
 
-    The compute law (the frontier) covers any run; the data law covers runs of the model it was fitted
-    on (more samples), the model law runs at its sample budget (a larger model)."""
+
+def _check(s: dict[str, Any], axes: dict[str, Any], metric: str, goal: str) -> dict[str, Any]:
+    """A run left out of the fit: its measured loss against each law's prediction at its x.
+
+    Data and model laws describe the best run per x over the sizes / budgets tried, so a run that lands
+    above them is not a miss, one far below them is."""
     measured = s.get(metric)
     loss = None if measured is None else (float(measured) if goal == "minimize" else 1 - float(measured))
     out: dict[str, Any] = {"run_id": s.get("run_id", ""), "output_dir": s.get("output_dir", ""),
@@ -104,12 +110,11 @@ def _check(s: dict[str, Any], axes: dict[str, Any], metric: str, goal: str) -> d
                            "samples_seen": s.get("samples_seen"), "measured_loss": loss, "predictions": {}}
     for axis, entry in axes.items():
         fit, key = entry["fit"], AXES[axis]
-        same = {"data": "params_non_embedding", "model": "samples_seen"}.get(axis)
-        if fit is None or s.get(key) is None or (same and {p[same] for p in entry["points"]} != {s.get(same)}):
+        if fit is None or not s.get(key):
             continue
-        lo, hi = fit.band([s[key]])
-        out["predictions"][axis] = {"loss": float(fit.predict([s[key]])[0]), "interval": [float(lo[0]), float(hi[0])],
-                                    "inside": loss is not None and float(lo[0]) <= loss <= float(hi[0])}
+        band = _interval(fit, s[key])
+        out["predictions"][axis] = {"x": s[key], "loss": float(fit.predict([s[key]])[0]), "interval": band,
+                                    "inside": loss is not None and band is not None and band[0] <= loss <= band[1]}
     return out
 
 
@@ -196,8 +201,8 @@ def markdown(doc: dict[str, Any], plots: Sequence[Path] = ()) -> str:
     if rows:
         lines += ["", "## Extrapolation", "", f"Each law at {pred['factor']:g}× the largest x it was fitted on:", "",
                   "| law | x | predicted L | band |", "| --- | ---: | ---: | --- |"]
-        lines += [f"| {axis} | {sci(p['x'])} {AXIS_LABELS[axis]} | {p['loss']:.4f} | "
-                  f"[{p['interval'][0]:.4f}, {p['interval'][1]:.4f}] |" for axis, p in rows]
+        lines += [f"| {axis} | {sci(p['x'])} {AXIS_LABELS[axis]} | {p['loss']:.4f} | {_band(p['interval'])} |"
+                  for axis, p in rows]
     if doc.get("checks"):
         lines += ["", "## Check runs (not used in the fit)", "",
                   "| run | train FLOPs | samples | law | predicted L | band | measured L | inside |",
@@ -206,11 +211,15 @@ def markdown(doc: dict[str, Any], plots: Sequence[Path] = ()) -> str:
             m = "–" if c["measured_loss"] is None else f"{c['measured_loss']:.4f}"
             for axis, p in c["predictions"].items():
                 lines.append(f"| {c['run_id'] or c['output_dir']} | {sci(c['train_flops'])} | {c['samples_seen']:,} | "
-                             f"{axis} | {p['loss']:.4f} | [{p['interval'][0]:.4f}, {p['interval'][1]:.4f}] | {m} | "
-                             f"{'yes' if p['inside'] else 'no'} |")
+                             f"{axis} | {p['loss']:.4f} | {_band(p['interval'])} | {m} | "
+                             f"{'yes' if p['inside'] else ('no' if p['interval'] else '–')} |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _band(interval: list[float] | None) -> str:
+    return "– (3 points)" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
 def write(doc: dict[str, Any], out: str | Path) -> dict[str, Path]:
@@ -247,9 +256,11 @@ def log_to_wandb(doc: dict[str, Any], files: dict[str, Path], mode: str, project
         cols = ["run_id", "train_flops", "samples_seen", "params_non_embedding", "metric", "loss"]
         run.log({"runs": wandb.Table(columns=cols, data=[[p[c] for c in cols] for p in doc["runs"]])})
         for axis, a in doc["axes"].items():
-            if a["fit"]:
-                run.summary.update({f"{axis}_b": a["fit"]["b"], f"{axis}_b_lo": a["fit"]["b_ci"][0],
-                                    f"{axis}_b_hi": a["fit"]["b_ci"][1], f"{axis}_c": a["fit"]["c"]})
+            f = a["fit"]
+            if f:
+                run.summary.update({f"{axis}_b": f["b"], f"{axis}_c": f["c"]})
+                if f["b_ci"]:
+                    run.summary.update({f"{axis}_b_lo": f["b_ci"][0], f"{axis}_b_hi": f["b_ci"][1]})
     finally:
         run.finish()
     return mode

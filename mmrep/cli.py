@@ -23,7 +23,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "eval exchange-rate": ("mmrep.evaluation.exchange_rate:main", "which intermediate metric predicts CTR gains"),
     "quantize": ("mmrep.application.cli:quantize_main", "QARM residual k-means + VQ codes from embeddings"),
     "ctr": ("mmrep.application.cli:ctr_main", "downstream CTR model with ID / embedding / code features"),
-    "sweep": ("mmrep.sweep:main", "run a W&B-format sweep (scaling laws) locally, offline"),
+    "sweep": ("mmrep.sweeps.cli:main", "run a W&B sweep file as wandb agent would, fit scaling laws (`sweep fit`)"),
     "run": ("mmrep.pipeline:main", "the main job: the whole pipeline end to end"),
 }
 

@@ -63,8 +63,12 @@ def parse_override(item: str) -> tuple[str, Any]:
     """`--train.lr=1e-3` -> ("train.lr", 0.001). Values are parsed as YAML scalars/lists."""
     text = item[2:] if item.startswith("--") else item
     if "=" not in text:
+        if item.startswith("--") and text and " " not in text:  # a bare flag (`--loss.filtering`, W&B agents)
+            return text.strip(), True
         raise MmrepError(f"override '{item}' must look like --section.key=value")
     key, value = text.split("=", 1)
+    if value == "None":  # W&B agents print Python values: None, True, [1, 2], {'a': 1} (the rest is YAML)
+        return key.strip(), None
     try:
         parsed = yaml.safe_load(value) if value != "" else ""
     except yaml.YAMLError:
@@ -197,8 +201,8 @@ def split_config_args(argv: Sequence[str], top_level: Sequence[str] = ()) -> tup
                 raise MmrepError("--config needs a path")
         elif arg.startswith("--config="):
             config = arg.split("=", 1)[1]
-        elif arg.startswith("--") and "=" in arg and ("." in arg.split("=", 1)[0] or arg[2:].split("=", 1)[0] in top_level):
-            overrides.append(arg)
+        elif arg.startswith("--") and ("." in arg.split("=", 1)[0] or arg[2:].split("=", 1)[0] in top_level):
+            overrides.append(arg)  # `--a.b=v`, or a bare boolean flag `--a.b` (= true)
         else:
             rest.append(arg)
     return config, overrides, rest

@@ -24,8 +24,8 @@ def parse(argv: list[str], stage: str | None = None):
     config, overrides, rest = split_config_args(argv)
     top = {f.name for f in dataclasses.fields(TrainConfig)}
     remaining = []
-    for arg in rest:  # `--output_dir=x`: a top-level key (split_config_args only takes dotted keys)
-        key = arg[2:].split("=", 1)[0] if arg.startswith("--") and "=" in arg else ""
+    for arg in rest:  # `--output_dir=x`, bare `--overwrite`: top-level keys (split_config_args takes dotted ones)
+        key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
         (overrides if key in top and key != "stage" else remaining).append(arg)
     parser = argparse.ArgumentParser(prog="mmrep train" if stage is None else f"{stage}/train.py",
                                      description="Train an mmrep encoder under DeepSpeed.")
@@ -37,12 +37,17 @@ def parse(argv: list[str], stage: str | None = None):
         raise MmrepError("--config is required (e.g. --config configs/train/pretrain-tiny.yaml)")
     if args.resume is not None:
         overrides.append(f"--checkpoint.resume={args.resume}")
-    return load_config(config, overrides, stage=args.stage)
+    cfg = load_config(config, overrides, stage=args.stage)
+    if not any(o[2:].split("=", 1)[0] == "output_dir" for o in overrides):
+        from mmrep.train.summary import agent_output_dir
+
+        cfg.output_dir = agent_output_dir(cfg.output_dir, overrides)
+    return cfg
 
 
 def main(argv: list[str]) -> int:
     """`mmrep train ...` (also the body of the entry scripts)."""
-    from mmrep.train.trainer import run
+    from mmrep.train.summary import run
 
     cfg = parse(argv)
     run(cfg)
@@ -52,7 +57,7 @@ def main(argv: list[str]) -> int:
 def entry(argv: list[str], stage: str, prog: str = "") -> int:
     """Entry-script main: the stage is fixed; user errors end as one line (exit 2)."""
     try:
-        from mmrep.train.trainer import run
+        from mmrep.train.summary import run
 
         run(parse(argv, stage=stage))
         return 0

@@ -32,10 +32,12 @@ from torch import nn
 
 from mmrep.config import from_dict, read_yaml, save_resolved, to_dict
 from mmrep.data.readers import DataConfig
+from mmrep.evaluation.heldout import HeldoutConfig
 from mmrep.errors import MmrepError
 from mmrep.model.config import ModelConfig
 from mmrep.train import checkpoint as ckpt
 from mmrep.train.checkpoint import CheckpointConfig
+from mmrep.train.flops import StepFlops
 from mmrep.train.logging import LoggingConfig, MetricsLogger, StepTimer
 from mmrep.train.objectives import LossConfig
 from mmrep.train.schedule import build_scheduler
@@ -102,6 +104,7 @@ class TrainConfig:
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)  # val benchmark evaluated when the run ends
     pairs: str = ""  # align stage: CSV of item pairs (item_a,item_b,kind) over the products in data.shards
     init_from: str = ""  # an encoder dir (or a run dir holding encoder/) to start from; the model section is then ignored
     output_dir: str = "runs/train"
@@ -435,6 +438,7 @@ class Trainer:
         self.data_epoch = 0
         self.batches_in_epoch = 0
         self.resumed_from = ""
+        self.flops = StepFlops(self.world)  # FLOPs of one real optimizer step (the first this process runs)
         if cfg.checkpoint.resume:
             self._resume(cfg.checkpoint.resume)
         self.loader = self._build_loader() if build_loader else None
@@ -587,8 +591,10 @@ class Trainer:
                 self.objective.after_step(feats.detach())
         return {k: v / len(micro) for k, v in sums.items()}
 
-    def fit(self, batches: Iterable | None = None) -> dict[str, Any]:
-        """Train until optim.total_steps, the time budget, or SIGTERM/SIGINT; checkpoint and export at the end."""
+    def fit(self, batches: Iterable | None = None, on_end=None) -> dict[str, Any]:
+        """Train until optim.total_steps, the time budget, or SIGTERM/SIGINT; checkpoint and export at the end.
+
+        `on_end(trainer, logger)` runs after the export, while the W&B run is still open (run summaries)."""
         cfg, o = self.cfg, self.cfg.optim
         if self.rank == 0:
             save_resolved(cfg, self.out_dir)
@@ -618,7 +624,8 @@ class Trainer:
                     stopped_by = "data"
                     break
                 timer.data_ready()
-                metrics = self.train_step(micro)
+                with self.flops.count():
+                    metrics = self.train_step(micro)
                 n_local = sum(batch_size_of(b) for b in micro)
                 self.step += 1
                 self.samples_seen += n_local * self.world
@@ -648,6 +655,8 @@ class Trainer:
             self.export_encoder()
             logger.note(f"stopped at step {self.step}/{o.total_steps} ({stopped_by}); "
                         f"checkpoint {self.ckpt_dir / ckpt.tag_for(self.step)}, encoder {self.out_dir / 'encoder'}")
+            if on_end is not None:
+                on_end(self, logger)
         finally:
             logger.close()
             for s, h in previous.items():

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from mmrep.errors import MmrepError
-from mmrep.evaluation.metrics import merge_topk, recall_from_topk
+from mmrep.evaluation.metrics import recall_from_topk
 
 DEFAULT_RECALL_KS = (1, 5, 10, 50, 100)
 
@@ -85,16 +85,12 @@ def chunked_search(
     for block in _split_at(iter_chunks(gallery, cfg.gallery_chunk), cuts):
         if block.shape[1] != dim:
             raise MmrepError(f"gallery embeddings have dimension {block.shape[1]} but queries have {dim}; use embeddings from the same encoder and --dim")
-        index = faiss.IndexFlatIP(dim)
-        index.add(block)
         kk = min(k, block.shape[0])
         for qs in range(0, nq, cfg.query_chunk):
-            s, i = _block_topk(index, block, q[qs : qs + cfg.query_chunk], kk)
-            i = np.where(i >= 0, i + seen, -1)
-            # faiss leaves the order of equal scores unspecified: re-sort by (score desc, index).
-            best_s[qs : qs + cfg.query_chunk], best_i[qs : qs + cfg.query_chunk] = merge_topk(
-                best_s[qs : qs + cfg.query_chunk], best_i[qs : qs + cfg.query_chunk], s, i, k
-            )
+            rows = slice(qs, qs + cfg.query_chunk)
+            s, i = _block_topk(block, q[rows], kk)
+            i += seen
+            best_s[rows], best_i[rows] = _merge_sorted(best_s[rows], best_i[rows], s, i)
         seen += block.shape[0]
         if seen in cuts:
             snapshots[seen] = best_i.copy()
@@ -107,26 +103,56 @@ def chunked_search(
     return SearchResult(best_s, best_i, snapshots, time.perf_counter() - t0)
 
 
-def _block_topk(index, block: np.ndarray, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    """faiss top-kk of one gallery block, with exact ties at the cut resolved by lower index.
+def _block_topk(block: np.ndarray, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """faiss top-kk of one gallery block under the ranking rule (score desc, lower index on ties).
 
-    faiss returns the right scores but picks arbitrarily among items tied with the kk-th score.
-    Asking for kk+1 results reveals such rows (the (kk+1)-th score equals the kk-th); only those rows
-    are re-ranked exactly: everything above the tied score, then the tied items in index order.
+    faiss (`faiss.knn`, the kernel under IndexFlatIP, without copying the block into an index)
+    returns the right scores but picks arbitrarily among items tied with the kk-th score, and orders
+    equal scores arbitrarily. Asking for kk+1 results reveals rows with a tie at the cut (the
+    (kk+1)-th score equals the kk-th); only those rows are re-ranked exactly. Rows with equal
+    adjacent scores are re-sorted by index. On real-valued embeddings neither happens, so the cost is
+    one extra result per query and two vectorised comparisons.
     """
+    import faiss
+
     n = block.shape[0]
-    s, i = index.search(q, min(kk + 1, n))
-    if s.shape[1] <= kk:
-        return s, i
-    tied = np.flatnonzero(s[:, kk] == s[:, kk - 1])
-    s, i = s[:, :kk].copy(), i[:, :kk].copy()
-    for r in tied:
-        row = block @ q[r]
-        cut = np.partition(row, n - kk)[n - kk]  # the kk-th largest score
-        above = np.flatnonzero(row > cut)
-        sel = np.concatenate([above, np.flatnonzero(row == cut)[: kk - above.size]])
-        i[r], s[r] = sel, row[sel]
+    s, i = faiss.knn(q, block, min(kk + 1, n), faiss.METRIC_INNER_PRODUCT)
+    if s.shape[1] > kk:
+        tied = np.flatnonzero(s[:, kk] == s[:, kk - 1])
+        s, i = s[:, :kk], i[:, :kk]
+        if tied.size:
+            s, i = s.copy(), i.copy()
+        for r in tied:
+            row = block @ q[r]
+            cut = np.partition(row, n - kk)[n - kk]  # the kk-th largest score
+            above = np.flatnonzero(row > cut)
+            sel = np.concatenate([above, np.flatnonzero(row == cut)[: kk - above.size]])
+            i[r], s[r] = sel, row[sel]
+    s, i = np.ascontiguousarray(s), np.ascontiguousarray(i)
+    ties = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1)) if kk > 1 else np.zeros(0, np.int64)
+    if ties.size:
+        order = np.lexsort((i[ties], -s[ties]), axis=1)
+        s[ties], i[ties] = np.take_along_axis(s[ties], order, 1), np.take_along_axis(i[ties], order, 1)
     return s, i
+
+
+def _merge_sorted(best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge a block's ranked lists into the running top-K (both sorted by the ranking rule).
+
+    Every index of the block is larger than every index already held, so on equal scores the held
+    entry wins: a stable sort on score alone, running lists first, is the ranking rule. Each row is two
+    sorted runs, which a stable (merge) sort joins in linear time. Rows the block cannot enter (its
+    best score <= the running K-th) are skipped.
+    """
+    k = best_s.shape[1]
+    enter = np.flatnonzero(s[:, 0] > best_s[:, -1])
+    if enter.size == 0:
+        return best_s, best_i
+    vals = np.concatenate([best_s[enter], s[enter]], axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")[:, :k]
+    best_s[enter] = np.take_along_axis(vals, order, 1)
+    best_i[enter] = np.take_along_axis(np.concatenate([best_i[enter], i[enter]], axis=1), order, 1)
+    return best_s, best_i
 
 
 def _split_at(chunks: Iterator[np.ndarray], cuts: Sequence[int]) -> Iterator[np.ndarray]:

@@ -204,6 +204,8 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence) -> dict[str, floa
 
 def argmax_labels(item_emb: np.ndarray | torch.Tensor, label_emb: np.ndarray | torch.Tensor) -> np.ndarray:
     """(N,) index of the most similar label embedding for each item (lower index on ties)."""
+    import torch
+
     s = _as_tensor(item_emb).float() @ _as_tensor(label_emb).float().T
     # torch.argmax returns the first maximal index, matching the tie rule.
     return torch.argmax(s, dim=1).numpy()

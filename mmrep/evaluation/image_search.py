@@ -1,9 +1,9 @@
 """Image search recall: query image -> item recall@K over galleries up to millions, bounded memory.
 
 The gallery is streamed in chunks (from memory or from `mmrep export` part files); each chunk is
-searched with a faiss flat inner-product index and merged into a running top-K under mmrep's
-ranking rule (score desc, lower gallery index on ties). After the first n gallery rows the running
-top-K *is* the exact top-K of that prefix, so one pass reports recall at every nested gallery size
+searched with faiss's flat inner-product kernel (`faiss.knn`, what `IndexFlatIP.search` runs) and
+merged into a running top-K under mmrep's ranking rule (score desc, lower gallery index on ties).
+After the first n gallery rows the running top-K *is* the exact top-K of that prefix, so one pass reports recall at every nested gallery size
 (`sizes`) when the gallery is ordered ground-truth items first, then distractors.
 Memory: queries (Q, D) + one gallery chunk (C, D) + top-K lists (Q, K) + scores (q_chunk, C).
 """
@@ -58,6 +58,33 @@ def iter_chunks(gallery: np.ndarray | Iterable[np.ndarray], chunk: int) -> Itera
             yield np.ascontiguousarray(part[start : start + chunk], dtype=np.float32)
 
 
+class RunningTopK:
+    """Exact running top-K of fixed queries over gallery blocks fed in gallery order.
+
+    After `add` has seen n rows, `scores` / `indices` hold the exact top-K of those n rows under the
+    ranking rule. Memory: the queries + (Q, K) lists; the blocks are not kept.
+    """
+
+    def __init__(self, queries: np.ndarray, k: int, query_chunk: int = 4096) -> None:
+        self.q = np.ascontiguousarray(queries, dtype=np.float32)
+        nq = self.q.shape[0]
+        self.k, self.query_chunk, self.seen = k, query_chunk, 0
+        self.scores = np.full((nq, k), -np.inf, dtype=np.float32)
+        self.indices = np.full((nq, k), -1, dtype=np.int64)
+
+    def add(self, block: np.ndarray) -> None:
+        if block.shape[1] != self.q.shape[1]:
+            raise MmrepError(f"gallery embeddings have dimension {block.shape[1]} but queries have {self.q.shape[1]}; "
+                             "use embeddings from the same encoder and --dim")
+        kk = min(self.k, block.shape[0])
+        for qs in range(0, self.q.shape[0], self.query_chunk):
+            rows = slice(qs, qs + self.query_chunk)
+            s, i = _block_topk(block, self.q[rows], kk)
+            i += self.seen
+            self.scores[rows], self.indices[rows] = _merge_sorted(self.scores[rows], self.indices[rows], s, i)
+        self.seen += block.shape[0]
+
+
 def chunked_search(
     queries: np.ndarray,
     gallery: np.ndarray | Iterable[np.ndarray],
@@ -74,33 +101,20 @@ def chunked_search(
     if cfg.threads:
         faiss.omp_set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    nq, dim = q.shape
-    k = cfg.k
-    best_s = np.full((nq, k), -np.inf, dtype=np.float32)
-    best_i = np.full((nq, k), -1, dtype=np.int64)
+    top = RunningTopK(queries, cfg.k, cfg.query_chunk)
     cuts = sorted(set(int(s) for s in sizes if s > 0))
     snapshots: dict[int, np.ndarray] = {}
-    seen = 0
     for block in _split_at(iter_chunks(gallery, cfg.gallery_chunk), cuts):
-        if block.shape[1] != dim:
-            raise MmrepError(f"gallery embeddings have dimension {block.shape[1]} but queries have {dim}; use embeddings from the same encoder and --dim")
-        kk = min(k, block.shape[0])
-        for qs in range(0, nq, cfg.query_chunk):
-            rows = slice(qs, qs + cfg.query_chunk)
-            s, i = _block_topk(block, q[rows], kk)
-            i += seen
-            best_s[rows], best_i[rows] = _merge_sorted(best_s[rows], best_i[rows], s, i)
-        seen += block.shape[0]
-        if seen in cuts:
-            snapshots[seen] = best_i.copy()
-    if seen == 0:
+        top.add(block)
+        if top.seen in cuts:
+            snapshots[top.seen] = top.indices.copy()
+    if top.seen == 0:
         raise MmrepError("the gallery is empty: nothing to search")
-    missing = [c for c in cuts if c > seen]
+    missing = [c for c in cuts if c > top.seen]
     if missing:
-        raise MmrepError(f"gallery size {missing[0]} requested but the gallery holds only {seen} items; lower --sizes")
-    snapshots.setdefault(seen, best_i.copy())
-    return SearchResult(best_s, best_i, snapshots, time.perf_counter() - t0)
+        raise MmrepError(f"gallery size {missing[0]} requested but the gallery holds only {top.seen} items; lower --sizes")
+    snapshots.setdefault(top.seen, top.indices.copy())
+    return SearchResult(top.scores, top.indices, snapshots, time.perf_counter() - t0)
 
 
 def _block_topk(block: np.ndarray, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:

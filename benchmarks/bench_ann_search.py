@@ -61,7 +61,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gallery", type=int, default=10_000_000)
     p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--queries", type=int, default=1000, help="queries with exact ground truth (half calibrate nprobe)")
+    p.add_argument("--queries", type=int, default=400, help="queries with exact ground truth (half calibrate nprobe)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--target-recall", type=float, default=0.95)
     p.add_argument("--pq-m", type=int, default=32)
@@ -88,6 +88,8 @@ def main() -> None:
         exact.add(block)
         timers["exact"] += time.perf_counter() - t0
         timers["exact_cpu"] += time.process_time() - c0
+        if exact.seen % (20 * args.chunk) == 0:
+            print(f"  {exact.seen:,} rows streamed, {time.perf_counter() - t_start:.0f} s", flush=True)
 
     c0 = time.process_time()
     ann = build_ivfpq(gallery(args.gallery, world, args.chunk, args.seed), args.dim, args.gallery, cfg,

@@ -1,15 +1,17 @@
-"""Image-search scale benchmark: mmrep's chunked search vs a plain torch top-k, same data, same run.
+"""Image-search scale benchmark: mmrep's streamed exact search vs faiss IndexFlatIP used directly.
 
 Data: a synthetic gallery of N unit vectors (D-d, written in the export format, part by part) and Q
 queries = a gallery item + Gaussian noise (ground truth = that item). Each method runs in its own
-subprocess so that its peak RSS is its own:
-  mmrep:    `mmrep eval image-search --queries-emb --gallery-emb --gt` (streams the gallery parts,
-            faiss flat per chunk, running top-K merge; also reports nested gallery sizes)
-  baseline: load the whole gallery into one tensor, then `q @ g.T` + `topk` chunked over queries only.
-Prints time, peak RSS and recall@{1,10,100} of both, and whether they agree.
+subprocess so that its peak RSS is its own, and the two sides alternate over rounds (the machine is
+shared: compare the per-round ratios, not absolute times):
+  mmrep:  `mmrep eval image-search --queries-emb --gallery-emb --gt --ks ... --sizes N` (streams the
+          gallery parts, faiss's flat kernel per chunk, running top-K merge under the tie rule)
+  faiss:  what a user would write with faiss alone: load every part into one array, `IndexFlatIP`,
+          `add`, `search(queries, k)`, recall from the result.
+Both sides include reading the export from disk. Prints time, peak RSS and recall@{1,10,100}.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_image_search.py            # 1M x 256, 10k queries
-    .venv/bin/python benchmarks/bench_image_search.py --gallery 50000 --queries 1000   # quick mode
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_image_search.py            # 1M x 256, 10k queries, k=10 and 100
+    .venv/bin/python benchmarks/bench_image_search.py --gallery 50000 --queries 1000 --rounds 1   # quick mode
 """
 
 from __future__ import annotations
@@ -26,9 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-KS = (1, 10, 100)
-
 
 def gallery_chunks(n: int, dim: int, seed: int, chunk: int):
     for c, start in enumerate(range(0, n, chunk)):
@@ -63,49 +62,54 @@ def make_data(root: Path, n: int, q: int, dim: int, noise: float, seed: int, chu
     (root / "gt.json").write_text(json.dumps({qids[k]: [f"g{gt[perm[k]]}"] for k in range(q)}))
 
 
-def run_mmrep(root: Path, n: int) -> dict:
+def run_mmrep(root: Path, n: int, k: int) -> dict:
     from mmrep.cli import main
 
-    sizes = sorted({s for s in (10_000, 100_000, n) if s <= n} | {n})
+    ks = sorted({1, 10, k})
     t0 = time.perf_counter()
     code = main(["eval", "image-search", "--queries-emb", str(root / "queries"), "--gallery-emb", str(root / "gallery"),
-                 "--gt", str(root / "gt.json"), "--ks", ",".join(map(str, KS)), "--sizes", ",".join(map(str, sizes)),
-                 "--out", str(root / "report"), "--overwrite"])
+                 "--gt", str(root / "gt.json"), "--ks", ",".join(map(str, ks)), "--sizes", str(n),
+                 "--out", str(root / f"report-{k}"), "--overwrite"])
     dt = time.perf_counter() - t0
     assert code == 0
-    rep = json.loads((root / "report" / "image_search.json").read_text())
-    return {"seconds": dt, "rows": rep["rows"], "recall": {k: v for k, v in rep["rows"][-1].items() if k.startswith("R@")}}
+    rep = json.loads((root / f"report-{k}" / "image_search.json").read_text())
+    return {"seconds": dt, "recall": {key: v for key, v in rep["rows"][-1].items() if key.startswith("R@")}}
 
 
-def run_torch(root: Path, q_chunk: int) -> dict:
-    import torch
+def run_faiss(root: Path, k: int) -> dict:
+    import faiss
 
     from mmrep.export.format import load_embeddings
 
     t0 = time.perf_counter()
-    gids, g = load_embeddings(root / "gallery")
-    qids, q = load_embeddings(root / "queries")
+    gids, g = load_embeddings(root / "gallery", np.float32)
+    qids, q = load_embeddings(root / "queries", np.float32)
     gt = json.loads((root / "gt.json").read_text())
+    index = faiss.IndexFlatIP(g.shape[1])
+    index.add(g)
+    del g
+    _, top = index.search(q, k)
     where = {i: j for j, i in enumerate(gids)}
-    target = torch.tensor([where[gt[x][0]] for x in qids])
-    gt_ = torch.from_numpy(g)
-    qt = torch.from_numpy(q)
-    hits = {k: 0 for k in KS}
-    for s in range(0, qt.shape[0], q_chunk):
-        scores = qt[s : s + q_chunk] @ gt_.T  # (chunk, N)
-        top = torch.topk(scores, max(KS), dim=1).indices
-        found = top == target[s : s + q_chunk, None]
-        for k in KS:
-            hits[k] += int(found[:, :k].any(dim=1).sum())
-        del scores
+    target = np.array([where[gt[x][0]] for x in qids])
+    found = top == target[:, None]
     dt = time.perf_counter() - t0
-    return {"seconds": dt, "recall": {f"R@{k}": hits[k] / qt.shape[0] for k in KS}}
+    return {"seconds": dt, "recall": {f"R@{c}": float(found[:, :c].any(axis=1).mean()) for c in sorted({1, 10, k})}}
 
 
-def child(method: str, root: Path, q_chunk: int, n: int) -> None:
-    out = run_mmrep(root, n) if method == "mmrep" else run_torch(root, q_chunk)
+def child(method: str, root: Path, n: int, k: int) -> None:
+    out = run_mmrep(root, n, k) if method == "mmrep" else run_faiss(root, k)
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print("RESULT " + json.dumps(out))
+
+
+def run_child(method: str, root: Path, n: int, k: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, "--workdir", str(root), "--gallery", str(n), "--k", str(k)]
+    load = os.getloadavg()[0]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        raise SystemExit(f"{method} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(line[7:]) | {"load": (load + os.getloadavg()[0]) / 2}
 
 
 def main() -> None:
@@ -113,44 +117,45 @@ def main() -> None:
     p.add_argument("--gallery", type=int, default=1_000_000)
     p.add_argument("--queries", type=int, default=10_000)
     p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--ks", default="10,100", help="result list lengths to time (one pair of runs per k and round)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating mmrep / faiss rounds per k")
     p.add_argument("--noise", type=float, default=3.0, help="query noise norm relative to the unit item vector")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--part-size", type=int, default=100_000)
-    p.add_argument("--torch-query-chunk", type=int, default=256)
     p.add_argument("--workdir", default="", help="where to write the synthetic exports (default: a temp dir)")
-    p.add_argument("--child", choices=["mmrep", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["mmrep", "faiss"], help=argparse.SUPPRESS)
+    p.add_argument("--k", type=int, default=100, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(args.child, Path(args.workdir), args.torch_query_chunk, args.gallery)
+        child(args.child, Path(args.workdir), args.gallery, args.k)
         return
     root = Path(args.workdir or tempfile.mkdtemp(prefix="mmrep-bench-is-"))
     try:
         t0 = time.perf_counter()
-        make_data(root, args.gallery, args.queries, args.dim, args.noise, args.seed, args.part_size)
-        print(f"data: {args.gallery:,} x {args.dim} gallery, {args.queries:,} queries, written in "
-              f"{time.perf_counter() - t0:.1f} s to {root}; load avg {os.getloadavg()[0]:.2f}; "
-              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-        results = {}
-        for method in ("mmrep", "torch"):
-            cmd = [sys.executable, __file__, "--child", method, "--workdir", str(root), "--gallery", str(args.gallery),
-                   "--torch-query-chunk", str(args.torch_query_chunk)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if proc.returncode or line is None:
-                raise SystemExit(f"{method} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-            results[method] = json.loads(line[7:])
-        print()
-        print("| method | time (s) | peak RSS (GiB) | " + " | ".join(f"R@{k}" for k in KS) + " |")
-        print("| --- | ---: | ---: | " + " | ".join("---:" for _ in KS) + " |")
-        names = {"mmrep": "mmrep chunked (faiss flat per gallery chunk, streamed parts)",
-                 "torch": f"torch q@g.T + topk (full gallery in RAM, {args.torch_query_chunk}-query chunks)"}
-        for m, r in results.items():
-            print(f"| {names[m]} | {r['seconds']:.1f} | {r['peak_rss_gib']:.2f} | "
-                  + " | ".join(f"{100 * r['recall'][f'R@{k}']:.2f}" for k in KS) + " |")
-        agree = all(abs(results["mmrep"]["recall"][f"R@{k}"] - results["torch"]["recall"][f"R@{k}"]) < 1e-12 for k in KS)
-        print(f"\nrecall agreement (R@1/10/100 identical): {agree}")
-        print("mmrep recall vs gallery size: " + "; ".join(
-            f"{r['gallery']:,}: R@100 {100 * r['R@100']:.2f}" for r in results["mmrep"]["rows"]))
+        if not (root / "gt.json").is_file():
+            make_data(root, args.gallery, args.queries, args.dim, args.noise, args.seed, args.part_size)
+        print(f"data: {args.gallery:,} x {args.dim} gallery, {args.queries:,} queries, ready in "
+              f"{time.perf_counter() - t0:.1f} s in {root}; load avg {os.getloadavg()[0]:.2f} on {os.cpu_count()} "
+              f"cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+        print("\n| k | round | mmrep (s) | faiss IndexFlatIP (s) | ratio | mmrep peak RSS (GiB) | faiss peak RSS (GiB) | load avg | R@1 / R@10 / R@k equal |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        summary = {}
+        for k in [int(x) for x in args.ks.split(",")]:
+            ratios = []
+            for r in range(args.rounds):
+                order = ("mmrep", "faiss") if r % 2 == 0 else ("faiss", "mmrep")  # alternate who goes first
+                res = {m: run_child(m, root, args.gallery, k) for m in order}
+                m, f = res["mmrep"], res["faiss"]
+                ratio = m["seconds"] / f["seconds"]
+                ratios.append(ratio)
+                same = all(abs(m["recall"][key] - f["recall"][key]) < 1e-12 for key in f["recall"])
+                print(f"| {k} | {r} | {m['seconds']:.1f} | {f['seconds']:.1f} | {ratio:.2f}x | {m['peak_rss_gib']:.2f} | "
+                      f"{f['peak_rss_gib']:.2f} | {(m['load'] + f['load']) / 2:.1f} | {same} "
+                      f"({' / '.join(f'{100 * v:.2f}' for v in m['recall'].values())}) |", flush=True)
+            summary[k] = ratios
+        for k, ratios in summary.items():
+            print(f"k={k}: mmrep / faiss time ratio, median of {len(ratios)} rounds: {float(np.median(ratios)):.2f}x "
+                  f"(rounds {', '.join(f'{x:.2f}' for x in ratios)})")
     finally:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)

@@ -115,8 +115,7 @@ class Job:
             code = cli_main(argv)
         if code != 0:
             raise MmrepError(f"step '{name}' failed (exit {code}); fix it and rerun the same command to resume")
-        self.timings[name] = round(time.perf_counter() - t0, 1)
-        mark.write_text(json.dumps({"seconds": self.timings[name]}))
+        self._done(name, mark, t0)
 
     def call(self, name: str, fn, *args) -> None:
         """An in-process step that has no command of its own."""
@@ -127,8 +126,21 @@ class Job:
         print(f"\n[{name}]", flush=True)
         t0 = time.perf_counter()
         fn(*args)
+        self._done(name, mark, t0)
+
+    def _done(self, name: str, mark: Path, t0: float) -> None:
         self.timings[name] = round(time.perf_counter() - t0, 1)
-        mark.write_text(json.dumps({"seconds": self.timings[name]}))
+        # the 1-minute load average as the step ends: on a shared machine it says how far to trust the time
+        mark.write_text(json.dumps({"seconds": self.timings[name], "load": round(os.getloadavg()[0], 1)}))
+
+    def step_times(self) -> list[tuple[str, float, float | None]]:
+        """(step, seconds, load average at its end) of every finished step, in the order they finished."""
+        marks = sorted(self.marks.glob("*.done"), key=lambda m: m.stat().st_mtime)
+        rows = []
+        for m in marks:
+            meta = json.loads(m.read_text())
+            rows.append((m.name.removesuffix(".done"), float(meta.get("seconds", 0.0)), meta.get("load")))
+        return rows
 
     def seconds(self, name: str) -> float:
         mark = self.marks / f"{name}.done"
@@ -317,5 +329,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     summary = run(cfg, fresh=a.fresh)
     print(summary["table"])
+    if summary.get("timings"):
+        print("\n" + summary["timings"])
     print(f"\nreport: {summary['report']}  ({time.perf_counter() - t0:.0f} s)")
     return 0

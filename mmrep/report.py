@@ -142,11 +142,15 @@ def write_run_report(out: Path, stages: list[str], job: Any = None) -> dict[str,
     recall = plot_recall_by_pair(mbe, rdir / "recall_by_modality.png") if mbe else None
     table = results_table(mbe, ctr, exchange)
     md = ["# mmrep run report", "", f"Run folder: `{out}`", ""]
+    timings = ""
     if job is not None:
-        steps = sorted(p.stem.removesuffix(".done") for p in (out / ".steps").glob("*.done"))
-        total = sum(job.seconds(s) for s in steps)
-        md += [f"Steps: {len(steps)}, {total:.0f} s of step time (see `run.yaml` for the resolved config).", ""]
+        rows = job.step_times()
+        total = sum(r[1] for r in rows)
+        md += [f"Steps: {len(rows)}, {total:.0f} s of step time (see `run.yaml` for the resolved config).", ""]
+        timings = step_time_table(rows)
     md.append(table)
+    if timings:
+        md += ["", timings]
     for png, caption in ((curves, "Training loss per stage"), (recall, "Recall@10 by modality pair")):
         if png:
             md += [f"![{caption}]({png.name})", ""]
@@ -156,4 +160,13 @@ def write_run_report(out: Path, stages: list[str], job: Any = None) -> dict[str,
     path = rdir / "report.md"
     with atomic_write(path, "w") as f:
         f.write("\n".join(md))
-    return {"table": table, "report": str(path)}
+    return {"table": table, "report": str(path), "timings": timings}
+
+
+def step_time_table(rows: list[tuple[str, float, float | None]]) -> str:
+    """Markdown table of per-step wall times (steps finished in an earlier run keep their time)."""
+    lines = ["| step | seconds | load avg at end |", "| --- | ---: | ---: |"]
+    for name, sec, load in rows:
+        lines.append(f"| {name} | {sec:.1f} | {'' if load is None else load} |")
+    lines.append(f"| total | {sum(r[1] for r in rows):.1f} | |")
+    return "\n".join(lines)

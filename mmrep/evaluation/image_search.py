@@ -1,9 +1,9 @@
 """Image search recall: query image -> item recall@K over galleries up to millions, bounded memory.
 
 The gallery is streamed in chunks (from memory or from `mmrep export` part files); each chunk is
-searched with a faiss flat inner-product index and merged into a running top-K under mmrep's
-ranking rule (score desc, lower gallery index on ties). After the first n gallery rows the running
-top-K *is* the exact top-K of that prefix, so one pass reports recall at every nested gallery size
+searched with faiss's flat inner-product kernel (`faiss.knn`, what `IndexFlatIP.search` runs) and
+merged into a running top-K under mmrep's ranking rule (score desc, lower gallery index on ties).
+After the first n gallery rows the running top-K *is* the exact top-K of that prefix, so one pass reports recall at every nested gallery size
 (`sizes`) when the gallery is ordered ground-truth items first, then distractors.
 Memory: queries (Q, D) + one gallery chunk (C, D) + top-K lists (Q, K) + scores (q_chunk, C).
 """
@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from mmrep.errors import MmrepError
-from mmrep.evaluation.metrics import merge_topk, recall_from_topk
+from mmrep.evaluation.metrics import recall_from_topk
 
 DEFAULT_RECALL_KS = (1, 5, 10, 50, 100)
 
@@ -58,6 +58,33 @@ def iter_chunks(gallery: np.ndarray | Iterable[np.ndarray], chunk: int) -> Itera
             yield np.ascontiguousarray(part[start : start + chunk], dtype=np.float32)
 
 
+class RunningTopK:
+    """Exact running top-K of fixed queries over gallery blocks fed in gallery order.
+
+    After `add` has seen n rows, `scores` / `indices` hold the exact top-K of those n rows under the
+    ranking rule. Memory: the queries + (Q, K) lists; the blocks are not kept.
+    """
+
+    def __init__(self, queries: np.ndarray, k: int, query_chunk: int = 4096) -> None:
+        self.q = np.ascontiguousarray(queries, dtype=np.float32)
+        nq = self.q.shape[0]
+        self.k, self.query_chunk, self.seen = k, query_chunk, 0
+        self.scores = np.full((nq, k), -np.inf, dtype=np.float32)
+        self.indices = np.full((nq, k), -1, dtype=np.int64)
+
+    def add(self, block: np.ndarray) -> None:
+        if block.shape[1] != self.q.shape[1]:
+            raise MmrepError(f"gallery embeddings have dimension {block.shape[1]} but queries have {self.q.shape[1]}; "
+                             "use embeddings from the same encoder and --dim")
+        kk = min(self.k, block.shape[0])
+        for qs in range(0, self.q.shape[0], self.query_chunk):
+            rows = slice(qs, qs + self.query_chunk)
+            s, i = _block_topk(block, self.q[rows], kk)
+            i += self.seen
+            self.scores[rows], self.indices[rows] = _merge_sorted(self.scores[rows], self.indices[rows], s, i)
+        self.seen += block.shape[0]
+
+
 def chunked_search(
     queries: np.ndarray,
     gallery: np.ndarray | Iterable[np.ndarray],
@@ -74,59 +101,72 @@ def chunked_search(
     if cfg.threads:
         faiss.omp_set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    nq, dim = q.shape
-    k = cfg.k
-    best_s = np.full((nq, k), -np.inf, dtype=np.float32)
-    best_i = np.full((nq, k), -1, dtype=np.int64)
+    top = RunningTopK(queries, cfg.k, cfg.query_chunk)
     cuts = sorted(set(int(s) for s in sizes if s > 0))
     snapshots: dict[int, np.ndarray] = {}
-    seen = 0
     for block in _split_at(iter_chunks(gallery, cfg.gallery_chunk), cuts):
-        if block.shape[1] != dim:
-            raise MmrepError(f"gallery embeddings have dimension {block.shape[1]} but queries have {dim}; use embeddings from the same encoder and --dim")
-        index = faiss.IndexFlatIP(dim)
-        index.add(block)
-        kk = min(k, block.shape[0])
-        for qs in range(0, nq, cfg.query_chunk):
-            s, i = _block_topk(index, block, q[qs : qs + cfg.query_chunk], kk)
-            i = np.where(i >= 0, i + seen, -1)
-            # faiss leaves the order of equal scores unspecified: re-sort by (score desc, index).
-            best_s[qs : qs + cfg.query_chunk], best_i[qs : qs + cfg.query_chunk] = merge_topk(
-                best_s[qs : qs + cfg.query_chunk], best_i[qs : qs + cfg.query_chunk], s, i, k
-            )
-        seen += block.shape[0]
-        if seen in cuts:
-            snapshots[seen] = best_i.copy()
-    if seen == 0:
+        top.add(block)
+        if top.seen in cuts:
+            snapshots[top.seen] = top.indices.copy()
+    if top.seen == 0:
         raise MmrepError("the gallery is empty: nothing to search")
-    missing = [c for c in cuts if c > seen]
+    missing = [c for c in cuts if c > top.seen]
     if missing:
-        raise MmrepError(f"gallery size {missing[0]} requested but the gallery holds only {seen} items; lower --sizes")
-    snapshots.setdefault(seen, best_i.copy())
-    return SearchResult(best_s, best_i, snapshots, time.perf_counter() - t0)
+        raise MmrepError(f"gallery size {missing[0]} requested but the gallery holds only {top.seen} items; lower --sizes")
+    snapshots.setdefault(top.seen, top.indices.copy())
+    return SearchResult(top.scores, top.indices, snapshots, time.perf_counter() - t0)
 
 
-def _block_topk(index, block: np.ndarray, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    """faiss top-kk of one gallery block, with exact ties at the cut resolved by lower index.
+def _block_topk(block: np.ndarray, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """faiss top-kk of one gallery block under the ranking rule (score desc, lower index on ties).
 
-    faiss returns the right scores but picks arbitrarily among items tied with the kk-th score.
-    Asking for kk+1 results reveals such rows (the (kk+1)-th score equals the kk-th); only those rows
-    are re-ranked exactly: everything above the tied score, then the tied items in index order.
+    faiss (`faiss.knn`, the kernel under IndexFlatIP, without copying the block into an index)
+    returns the right scores but picks arbitrarily among items tied with the kk-th score, and orders
+    equal scores arbitrarily. Asking for kk+1 results reveals rows with a tie at the cut (the
+    (kk+1)-th score equals the kk-th); only those rows are re-ranked exactly. Rows with equal
+    adjacent scores are re-sorted by index. On real-valued embeddings neither happens, so the cost is
+    one extra result per query and two vectorised comparisons.
     """
+    import faiss
+
     n = block.shape[0]
-    s, i = index.search(q, min(kk + 1, n))
-    if s.shape[1] <= kk:
-        return s, i
-    tied = np.flatnonzero(s[:, kk] == s[:, kk - 1])
-    s, i = s[:, :kk].copy(), i[:, :kk].copy()
-    for r in tied:
-        row = block @ q[r]
-        cut = np.partition(row, n - kk)[n - kk]  # the kk-th largest score
-        above = np.flatnonzero(row > cut)
-        sel = np.concatenate([above, np.flatnonzero(row == cut)[: kk - above.size]])
-        i[r], s[r] = sel, row[sel]
+    s, i = faiss.knn(q, block, min(kk + 1, n), faiss.METRIC_INNER_PRODUCT)
+    if s.shape[1] > kk:
+        tied = np.flatnonzero(s[:, kk] == s[:, kk - 1])
+        s, i = s[:, :kk], i[:, :kk]
+        if tied.size:
+            s, i = s.copy(), i.copy()
+        for r in tied:
+            row = block @ q[r]
+            cut = np.partition(row, n - kk)[n - kk]  # the kk-th largest score
+            above = np.flatnonzero(row > cut)
+            sel = np.concatenate([above, np.flatnonzero(row == cut)[: kk - above.size]])
+            i[r], s[r] = sel, row[sel]
+    s, i = np.ascontiguousarray(s), np.ascontiguousarray(i)
+    ties = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1)) if kk > 1 else np.zeros(0, np.int64)
+    if ties.size:
+        order = np.lexsort((i[ties], -s[ties]), axis=1)
+        s[ties], i[ties] = np.take_along_axis(s[ties], order, 1), np.take_along_axis(i[ties], order, 1)
     return s, i
+
+
+def _merge_sorted(best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge a block's ranked lists into the running top-K (both sorted by the ranking rule).
+
+    Every index of the block is larger than every index already held, so on equal scores the held
+    entry wins: a stable sort on score alone, running lists first, is the ranking rule. Each row is two
+    sorted runs, which a stable (merge) sort joins in linear time. Rows the block cannot enter (its
+    best score <= the running K-th) are skipped.
+    """
+    k = best_s.shape[1]
+    enter = np.flatnonzero(s[:, 0] > best_s[:, -1])
+    if enter.size == 0:
+        return best_s, best_i
+    vals = np.concatenate([best_s[enter], s[enter]], axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")[:, :k]
+    best_s[enter] = np.take_along_axis(vals, order, 1)
+    best_i[enter] = np.take_along_axis(np.concatenate([best_i[enter], i[enter]], axis=1), order, 1)
+    return best_s, best_i
 
 
 def _split_at(chunks: Iterator[np.ndarray], cuts: Sequence[int]) -> Iterator[np.ndarray]:

@@ -13,15 +13,19 @@ and y_pred (sklearn's default label set), a class with no predictions has precis
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # imported where used: image search (numpy + faiss) runs without torch
+    import torch
 
 DEFAULT_KS = (1, 5, 10)
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    import torch
+
     return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
 
 
@@ -31,6 +35,8 @@ def positive_ranks(scores: np.ndarray | torch.Tensor, positives: Sequence[Sequen
     scores: (Q, G) similarities; positives[q]: gallery indices relevant to query q (non-empty).
     Returns one int64 array per query, ranks in the order of `positives[q]`.
     """
+    import torch
+
     s = _as_tensor(scores)
     if s.ndim != 2 or s.shape[0] != len(positives):
         raise ValueError(f"scores must be (Q, G) with Q == len(positives), got {tuple(s.shape)} and {len(positives)}")
@@ -64,6 +70,8 @@ def first_relevant_ranks(
     Exact under the ranking rule, memory O(Q * chunk): the best positive is the highest-scoring one
     (lowest index on ties); its rank counts the gallery items that beat it, computed chunk by chunk.
     """
+    import torch
+
     qe = _as_tensor(query_emb).float()
     ge = _as_tensor(gallery_emb).float()
     nq, g = qe.shape[0], ge.shape[0]
@@ -143,6 +151,8 @@ def recall_from_topk(topk_idx: np.ndarray, positives: Sequence[Sequence[int]], k
 
 def topk_sorted(scores: torch.Tensor, k: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of each row of (Q, G) `scores` under the ranking rule -> (values (Q,k), indices + offset)."""
+    import torch
+
     k = min(k, scores.shape[1])
     # A stable sort of -scores keeps lower indices first among equal scores.
     vals, idx = torch.sort(scores, dim=1, descending=True, stable=True)
@@ -196,6 +206,8 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence) -> dict[str, floa
 
 def argmax_labels(item_emb: np.ndarray | torch.Tensor, label_emb: np.ndarray | torch.Tensor) -> np.ndarray:
     """(N,) index of the most similar label embedding for each item (lower index on ties)."""
+    import torch
+
     s = _as_tensor(item_emb).float() @ _as_tensor(label_emb).float().T
     # torch.argmax returns the first maximal index, matching the tie rule.
     return torch.argmax(s, dim=1).numpy()

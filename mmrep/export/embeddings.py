@@ -135,21 +135,29 @@ def embed_records(handle: EncoderHandle, records: Sequence[Product | Query], vie
 
     Every record must have the view's modality (`has_view`); batches never mix products and queries.
     """
-    from mmrep.model.encoder import matryoshka
-
     out = []
     for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        if isinstance(chunk[0], Product):
-            inputs = handle.collator.products(chunk).inputs
-        else:
-            inputs = handle.collator.queries(chunk)
-        emb = handle.encoder(select_view(inputs, view).to(handle.device)).embedding.float()
-        if dim:
-            emb = matryoshka(emb, dim)
-        out.append(emb.cpu().numpy())
+        out.append(embed_prepared(handle, [prepare_record(handle, r) for r in records[start : start + batch_size]],
+                                  view, dim))
     d = dim or handle.embed_dim
     return np.concatenate(out) if out else np.zeros((0, d), dtype=np.float32)
+
+
+def prepare_record(handle: EncoderHandle, record: Product | Query):
+    """Decode + resize + tokenize one record for `handle` (its collator adds MOON's core-region crops)."""
+    return handle.collator.prepare(record)
+
+
+@torch.inference_mode()
+def embed_prepared(handle: EncoderHandle, prepared: Sequence[Any], view: View = "mm", dim: int = 0) -> np.ndarray:
+    """(B, D') embeddings of one batch of prepared records (`prepare_record`): collate + forward."""
+    from mmrep.model.encoder import matryoshka
+
+    inputs = handle.collator.collate_products(prepared).inputs  # pads images + tokens (products and queries)
+    emb = handle.encoder(select_view(inputs, view).to(handle.device)).embedding.float()
+    if dim:
+        emb = matryoshka(emb, dim)
+    return emb.cpu().numpy()
 
 
 @torch.inference_mode()
@@ -408,15 +416,43 @@ def export(cfg: ExportConfig, handle: EncoderHandle | None = None) -> dict[str, 
 
 def _export_parts(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], out: Path, settings: dict[str, str],
                   show: bool, reused: int) -> None:
+    """Embed and write `todo`. Reading + decoding runs in a background thread one batch ahead of the
+    forward pass, and a part holds only its embeddings: memory is bounded by the batch size and
+    part_size, never by the number of items."""
     from tqdm import tqdm
-
-    from mmrep.data.transforms import CorruptSample
 
     view = cfg.resolved_view
     known = [p.expected for p in todo]
     total = sum(known) if all(k is not None for k in known) else None
     bar = tqdm(total=total, unit="item", desc=f"export ({reused} parts reused)", disable=not show, dynamic_ncols=True)
     t0, done = time.perf_counter(), 0
+    ids: list[str] = []
+    embs: list[np.ndarray] = []
+    dtype = np.float16 if cfg.dtype == "float16" else np.float32
+    for part, batch, skipped in _prefetch(_prepared_batches(cfg, handle, todo, view, bar), depth=2):
+        if batch:
+            embs.append(embed_prepared(handle, batch, view, cfg.dim).astype(dtype))
+            ids += [it.id for it in batch]
+            done += len(batch)
+        if skipped is None:
+            continue
+        emb = np.concatenate(embs) if embs else np.zeros((0, cfg.dim or handle.embed_dim), dtype=dtype)
+        write_part(out / part.name, ids, emb, settings | {
+            "format": FORMAT, "version": str(VERSION), "part": part.name, "skipped": str(skipped),
+            "source": str(part.url), "start": str(part.start)})
+        ids, embs = [], []
+    bar.close()
+    if show and done:
+        dt = time.perf_counter() - t0
+        print(f"exported {done} rows in {dt:.1f} s ({done / max(dt, 1e-9):.0f} items/s) on this rank")
+
+
+def _prepared_batches(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], view: View,
+                      bar) -> Iterator[tuple[Part, list, int | None]]:
+    """Read + decode the parts' rows into batches: (part, prepared batch, None) while a part fills,
+    then (part, last batch, skipped count) when it is complete. Corrupt samples are skipped and counted."""
+    from mmrep.data.transforms import CorruptSample
+
     by_url: dict[str, list[Part]] = {}
     for p in todo:
         by_url.setdefault(p.url, []).append(p)
@@ -424,21 +460,13 @@ def _export_parts(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], ou
         url_parts.sort(key=lambda p: p.start)
         pending = iter(url_parts)
         part = next(pending)
-        records: list[Product | Query] = []
-        skipped = 0
-
-        def flush(p: Part) -> None:
-            nonlocal records, skipped
-            emb = embed_records(handle, records, view, cfg.batch_size, cfg.dim)
-            emb = emb.astype(np.float16 if cfg.dtype == "float16" else np.float32)
-            write_part(out / p.name, [r.id for r in records], emb, settings | {
-                "format": FORMAT, "version": str(VERSION), "part": p.name, "skipped": str(skipped),
-                "source": str(p.url), "start": str(p.start)})
-            records, skipped = [], 0
+        batch: list = []
+        rows, skipped = 0, 0  # rows of the current part kept / skipped so far
 
         for pos, sample in enumerate(iter_raw(url)):
             while part is not None and part.stop is not None and pos >= part.stop:
-                flush(part)
+                yield part, batch, skipped
+                batch, rows, skipped = [], 0, 0
                 part = next(pending, None)
             if part is None:
                 break
@@ -449,24 +477,69 @@ def _export_parts(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], ou
                 if not has_view(record, view):
                     raise CorruptSample(f"{record.id} has no {view} modality", key=record.id, reason="empty_sample",
                                         detail=f"no {view} modality to embed")
-                # Decode now so that a corrupt image skips its sample instead of failing a whole batch.
-                handle.collator.prepare(record)
-                records.append(record)
+                # Decoded per sample so that a corrupt image skips its sample instead of failing a batch.
+                batch.append(prepare_record(handle, record))
+                rows += 1
             except CorruptSample as e:
                 if cfg.strict:
                     raise MmrepError(f"corrupt sample in {url}: {e.detail} (drop --strict to skip and count it)") from None
                 skipped += 1
             bar.update(1)
-            done += 1
+            if len(batch) == cfg.batch_size:
+                yield part, batch, None
+                batch = []
         while part is not None:  # the shard ended: flush what remains
-            if part.stop is not None and part.start + len(records) + skipped != part.stop:
+            if part.stop is not None and part.start + rows + skipped != part.stop:
                 raise MmrepError(f"{url} holds fewer samples than its manifest says (part {part.name}); the shard set is damaged")
-            flush(part)
+            yield part, batch, skipped
+            batch, rows, skipped = [], 0, 0
             part = next(pending, None)
-    bar.close()
-    if show and done:
-        dt = time.perf_counter() - t0
-        print(f"exported {done} rows in {dt:.1f} s ({done / max(dt, 1e-9):.0f} items/s) on this rank")
+
+
+def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
+    """Iterate `items` in a background thread, up to `depth` results ahead of the consumer.
+
+    Decoding (PIL, which releases the GIL) then overlaps the forward pass. The producer's
+    exceptions are re-raised here; if the consumer stops early, the producer stops at its next item.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(msg: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(msg, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for x in items:
+                if not put(("item", x)):
+                    return
+            put(("done", None))
+        except BaseException as e:  # handed to the consumer
+            put(("error", e))
+
+    thread = threading.Thread(target=run, name="mmrep-export-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, x = q.get()
+            if kind == "item":
+                yield x
+            elif kind == "done":
+                return
+            else:
+                raise x
+    finally:
+        stop.set()
+        thread.join()
 
 
 def finalize(cfg: ExportConfig, handle: EncoderHandle, parts: list[Part], out: Path, settings: dict[str, str]) -> dict:

@@ -26,6 +26,8 @@ def test_main_job_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
     report = (out / "report" / "report.md").read_text()
     assert "Exchange rate" in report and (out / "report" / "recall_by_modality.png").is_file()
     assert (out / "report" / "training_curves.png").is_file()
+    assert "| step | seconds | load avg at end |" in report and "| pretrain |" in report  # per-step times
+    assert "| step | seconds |" in printed
     versions = json.loads((out / "exchange-rate" / "report.json").read_text())["versions"]
     assert sorted(versions) == ["align", "posttrain", "pretrain", "untrained"]
     for v in versions:
@@ -34,6 +36,26 @@ def test_main_job_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
     # a rerun resumes: every step is skipped
     assert main(argv) == 0
     assert "[ctr] done earlier, skipping" in capsys.readouterr().out
+
+
+def test_step_times_are_recorded_in_order_with_the_load(tmp_path):
+    import os
+    import time
+
+    from mmrep.pipeline import Job
+    from mmrep.report import step_time_table
+
+    job = Job(RunConfig(output_dir=str(tmp_path / "run")))
+    job.call("first", time.sleep, 0.05)
+    job.call("second", lambda: None)
+    job.call("first", time.sleep, 5)  # finished earlier: skipped, its time kept
+    rows = job.step_times()
+    assert [r[0] for r in rows] == ["first", "second"] and rows[0][1] >= 0.0 and rows[0][2] is not None
+    assert rows[0][2] == pytest.approx(os.getloadavg()[0], abs=50)
+    table = step_time_table(rows)
+    assert table.splitlines()[0] == "| step | seconds | load avg at end |" and "| total |" in table
+    # a resumed job reads the times of steps finished by the earlier run
+    assert [r[0] for r in Job(RunConfig(output_dir=str(tmp_path / "run"))).step_times()] == ["first", "second"]
 
 
 def test_run_config_rejects_unknown_keys(tmp_path):

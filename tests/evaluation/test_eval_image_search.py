@@ -32,6 +32,19 @@ def test_chunked_search_is_exact_with_ties(gchunk, qchunk):
                                   res.indices)
 
 
+@pytest.mark.parametrize("k", [1, 5, 30])
+def test_faiss_kernel_ties_follow_the_ranking_rule(k):
+    """faiss picks arbitrarily among equal scores; the search must still return lower indices first."""
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        g = rng.integers(-1, 2, size=(400, 2)).astype(np.float32)  # 9 distinct vectors: ties everywhere
+        q = rng.integers(-1, 2, size=(40, 2)).astype(np.float32)  # >= 20 queries: faiss's BLAS path
+        for gchunk in (50, 400):
+            res = chunked_search(q, g, SearchConfig(k=k, gallery_chunk=gchunk))
+            np.testing.assert_array_equal(res.indices, brute_topk(q, g, k))
+            np.testing.assert_array_equal(res.scores, np.take_along_axis(q @ g.T, res.indices, 1))
+
+
 def test_recall_falls_with_distractors():
     rng = np.random.default_rng(1)
     items = rng.normal(size=(50, 16)).astype(np.float32)

@@ -1,0 +1,161 @@
+"""Approximate image search for galleries beyond exact search: faiss IVF-PQ, tuned to a target recall.
+
+The gallery is streamed once, in chunks: the first `train_size` rows train the coarse quantizer
+(k-means, `nlist` cells) and the product quantizer (`pq_m` sub-vectors x 8 bits = `pq_m` bytes per
+item), then every chunk is encoded and added. Optionally (`refine`, default "SQ8") each item also
+keeps an 8-bit scalar-quantised copy (D bytes) used to re-rank the `k * k_factor` best PQ candidates,
+which lifts recall close to exact at a small cost. Memory: the codes (pq_m + 8 id bytes [+ D] per
+item) + one chunk + the training sample; the float gallery is never held.
+
+`nprobe` (cells visited per query) is chosen from a target recall: recall@k against the exact top-k
+(from `RunningTopK`, measured on a calibration query subset during the same streaming pass) is
+measured for nprobe = 1, 2, 4, ..., and the smallest nprobe that reaches the target is kept.
+Recall is then reported on held-out queries, not the calibration ones.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from mmrep.errors import MmrepError
+
+
+@dataclass
+class AnnConfig:
+    nlist: int = 0  # IVF cells (0 = a power of two near sqrt(N) / 4, N = the expected gallery size)
+    pq_m: int = 32  # PQ sub-vectors = bytes per item (must divide the dimension)
+    refine: str = "SQ8"  # re-ranking codes: "SQ8" (D bytes per item), "none"
+    k_factor: int = 8  # PQ candidates re-ranked per result when refining
+    train_size: int = 0  # training rows from the start of the stream (0 = 64 per cell, at least 10k)
+    target_recall: float = 0.95  # recall@k vs exact that nprobe is chosen for
+    k: int = 10
+
+    def __post_init__(self) -> None:
+        if self.pq_m < 1 or self.k < 1 or self.k_factor < 1 or self.nlist < 0 or self.train_size < 0:
+            raise MmrepError("ann: pq_m, k and k_factor must be >= 1; nlist and train_size >= 0")
+        if not 0 < self.target_recall <= 1:
+            raise MmrepError(f"ann.target_recall must be in (0, 1], got {self.target_recall}")
+        if self.refine not in ("SQ8", "none"):
+            raise MmrepError(f"ann.refine must be SQ8 or none, got {self.refine!r}")
+
+
+def auto_nlist(n: int) -> int:
+    """A power of two near sqrt(n) / 4 (>= 16): ~4 sqrt(n) items per cell keeps the coarse step cheap."""
+    return max(16, 2 ** round(math.log2(max(1.0, math.sqrt(n) / 4))))
+
+
+@dataclass
+class AnnIndex:
+    index: object  # faiss index (IndexIVFPQ, or IndexRefine around it)
+    ivf: object  # the IndexIVFPQ inside (nprobe lives here)
+    nlist: int
+    build_seconds: float = 0.0
+    train_seconds: float = 0.0
+    count: int = 0
+
+    def set_nprobe(self, nprobe: int) -> None:
+        self.ivf.nprobe = int(nprobe)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+    def code_bytes(self) -> int:
+        """Bytes held by the stored codes and ids (the index's size in memory, quantizers aside)."""
+        import faiss
+
+        inv = self.ivf.invlists
+        total = sum(inv.list_size(i) for i in range(inv.nlist)) * (self.ivf.code_size + 8)
+        if self.index is not self.ivf:
+            total += self.count * faiss.downcast_index(self.index.refine_index).code_size
+        return int(total)
+
+
+def build_ivfpq(chunks: Iterable[np.ndarray], dim: int, expected: int, cfg: AnnConfig,
+                on_chunk=None) -> AnnIndex:
+    """Train on the stream's first rows, then add every chunk (one pass; see the module docstring).
+
+    `on_chunk(block)` is called with every chunk in gallery order (e.g. `RunningTopK.add` for ground
+    truth), so the gallery is generated or read once.
+    """
+    import faiss
+
+    if dim % cfg.pq_m:
+        raise MmrepError(f"ann.pq_m={cfg.pq_m} must divide the embedding dimension {dim}")
+    nlist = cfg.nlist or auto_nlist(expected)
+    train_size = cfg.train_size or max(10_000, 64 * nlist)
+    quantizer = faiss.IndexFlatIP(dim)
+    ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, cfg.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+    index = ivf
+    if cfg.refine == "SQ8":
+        index = faiss.IndexRefine(ivf, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit,
+                                                                   faiss.METRIC_INNER_PRODUCT))
+        index.k_factor = float(cfg.k_factor)
+    pending: list[np.ndarray] = []
+    held = 0
+    t0 = time.perf_counter()
+    train_s = 0.0
+    for block in chunks:
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if on_chunk is not None:
+            on_chunk(block)
+        if not index.is_trained:
+            pending.append(block)
+            held += block.shape[0]
+            if held < train_size:
+                continue
+            sample = np.concatenate(pending)
+            ts = time.perf_counter()
+            index.train(sample[:train_size])
+            train_s = time.perf_counter() - ts
+            for b in pending:
+                index.add(b)
+            pending = []
+            continue
+        index.add(block)
+    if not index.is_trained:  # a gallery smaller than the training sample
+        if not pending:
+            raise MmrepError("the gallery is empty: nothing to index")
+        sample = np.concatenate(pending)
+        if sample.shape[0] < nlist:
+            raise MmrepError(f"{sample.shape[0]} gallery items are too few for {nlist} IVF cells; lower ann.nlist")
+        ts = time.perf_counter()
+        index.train(sample)
+        train_s = time.perf_counter() - ts
+        index.add(sample)
+    return AnnIndex(index, ivf, nlist, time.perf_counter() - t0, train_s, int(index.ntotal))
+
+
+def recall_vs_exact(found: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """k-recall@k: the share of each query's exact top-k found in its approximate top-k, averaged."""
+    f, e = found[:, :k], exact[:, :k]
+    hits = sum(np.intersect1d(a[a >= 0], b[b >= 0]).size for a, b in zip(f, e))
+    return hits / max(1, int((e >= 0).sum()))
+
+
+@dataclass
+class Tuning:
+    nprobe: int
+    reached: bool  # False: even the largest nprobe tried stays below the target
+    curve: list[dict] = field(default_factory=list)  # [{"nprobe", "recall", "ms_per_query"}, ...]
+
+
+def tune_nprobe(ann: AnnIndex, queries: np.ndarray, exact: np.ndarray, k: int, target: float) -> Tuning:
+    """The smallest nprobe in 1, 2, 4, ... (<= nlist) whose recall@k vs `exact` reaches `target`."""
+    curve = []
+    nprobe = 1
+    while True:
+        ann.set_nprobe(nprobe)
+        t0 = time.perf_counter()
+        _, found = ann.search(queries, k)
+        ms = 1000 * (time.perf_counter() - t0) / max(1, len(queries))
+        r = recall_vs_exact(found, exact, k)
+        curve.append({"nprobe": nprobe, "recall": r, "ms_per_query": ms})
+        if r >= target or nprobe >= ann.nlist:
+            ann.set_nprobe(nprobe)
+            return Tuning(nprobe, r >= target, curve)
+        nprobe = min(2 * nprobe, ann.nlist)

@@ -1,0 +1,62 @@
+"""Approximate search: IVF-PQ built from a stream, nprobe tuned to a target recall vs exact search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmrep.errors import MmrepError
+from mmrep.evaluation.ann_search import AnnConfig, auto_nlist, build_ivfpq, recall_vs_exact, tune_nprobe
+from mmrep.evaluation.image_search import RunningTopK, chunked_search, SearchConfig
+
+
+def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((64, dim)).astype(np.float32)
+    x = centers[rng.integers(0, 64, n)] + 0.7 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_recall_vs_exact_counts_shared_items():
+    exact = np.array([[1, 2, 3], [4, 5, 6]])
+    found = np.array([[3, 9, 1], [7, 8, -1]])
+    assert recall_vs_exact(found, exact, 3) == pytest.approx(2 / 6)
+    assert recall_vs_exact(exact, exact, 2) == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refine", ["SQ8", "none"])
+def test_streamed_ivfpq_reaches_target_recall_with_the_smallest_nprobe(refine):
+    g = clustered(20_000, 32, 0)
+    rng = np.random.default_rng(1)
+    q = g[rng.choice(len(g), 200, replace=False)] + 0.05 * rng.standard_normal((200, 32)).astype(np.float32)
+    top = RunningTopK(q, 10)
+    cfg = AnnConfig(nlist=64, pq_m=8, refine=refine, target_recall=0.9 if refine == "SQ8" else 0.5, train_size=10_000)
+    ann = build_ivfpq((g[s : s + 3000] for s in range(0, len(g), 3000)), 32, len(g), cfg, on_chunk=top.add)
+    assert ann.count == len(g) and ann.nlist == 64
+    # the ground truth accumulated during the build equals a separate exact search
+    np.testing.assert_array_equal(top.indices, chunked_search(q, g, SearchConfig(k=10)).indices)
+    cal, held = slice(0, 100), slice(100, 200)
+    tuning = tune_nprobe(ann, q[cal], top.indices[cal], 10, cfg.target_recall)
+    assert tuning.reached and tuning.curve[-1]["nprobe"] == tuning.nprobe
+    assert all(c["recall"] < cfg.target_recall for c in tuning.curve[:-1])  # smaller nprobes miss the target
+    _, found = ann.search(q[held], 10)
+    assert recall_vs_exact(found, top.indices[held], 10) > cfg.target_recall - 0.1  # held-out queries
+    per_item = cfg.pq_m + 8 + (32 if refine == "SQ8" else 0)
+    assert ann.code_bytes() == per_item * len(g)
+    if refine == "SQ8":  # re-ranking with 8-bit codes is close to exact at full nprobe
+        ann.set_nprobe(64)
+        assert recall_vs_exact(ann.search(q, 10)[1], top.indices, 10) > 0.93
+
+
+def test_small_gallery_and_bad_settings():
+    g = clustered(500, 16, 2)
+    ann = build_ivfpq([g], 16, 500, AnnConfig(nlist=16, pq_m=4, train_size=10_000))  # trains on what there is
+    assert ann.count == 500
+    with pytest.raises(MmrepError, match="must divide"):
+        build_ivfpq([g], 16, 500, AnnConfig(pq_m=5))
+    with pytest.raises(MmrepError, match="too few"):
+        build_ivfpq([g[:10]], 16, 10, AnnConfig(nlist=16, pq_m=4))
+    with pytest.raises(MmrepError, match="target_recall"):
+        AnnConfig(target_recall=1.5)
+    assert auto_nlist(10_000_000) == 1024 and auto_nlist(100) == 16

@@ -1,0 +1,75 @@
+"""HF / sentence-transformers exports load in a Python without mmrep and give mmrep's embeddings (<= 1e-5)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmrep.export.hf import export_hf
+from mmrep.model import build_encoder
+from interop_helpers import QUERIES, mmrep_embeddings, pixels_for, run_isolated, tiny_config
+
+LOADER = """
+import json, torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel
+px = load_file("inputs.safetensors")["pixels"]
+queries = json.load(open("queries.json"))
+model = AutoModel.from_pretrained("{out}", trust_remote_code=True).eval()
+res = {{"text": model.encode(texts=queries), "image": model.encode(images=list(px)),
+       "both": model.encode(texts=queries, images=list(px))}}
+if {st}:
+    from sentence_transformers import SentenceTransformer
+    st = SentenceTransformer("{out}", trust_remote_code=True, device="cpu")
+    res["st_text"] = st.encode(queries, convert_to_tensor=True)
+    res["st_image"] = st.encode(list(px), convert_to_tensor=True)
+    res["st_both"] = st.encode([{{"text": q, "image": p}} for q, p in zip(queries, px)], convert_to_tensor=True)
+save_file({{k: v.contiguous() for k, v in res.items()}}, "out.safetensors")
+"""
+
+
+def check_export(tmp_path, cfg, st: bool) -> None:
+    torch.manual_seed(0)
+    encoder = build_encoder(cfg).eval()
+    out = export_hf(encoder, tmp_path / "hf", card="# test card\n")
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_mmrep.MmrepEncoderModel"
+    assert str(tmp_path) not in (out / "config.json").read_text()  # no machine paths
+    assert "mmrep" not in [line.split()[1].split(".")[0] for line in (out / "modeling_mmrep.py").read_text().splitlines()
+                           if line.startswith(("import ", "from "))]
+    px = pixels_for(cfg, len(QUERIES))
+    save_file({"pixels": px}, str(tmp_path / "inputs.safetensors"))
+    (tmp_path / "queries.json").write_text(json.dumps(QUERIES))
+    run_isolated(LOADER.format(out=out, st=st), tmp_path)
+    got = load_file(str(tmp_path / "out.safetensors"))
+    want = {"text": mmrep_embeddings(encoder, QUERIES, None), "image": mmrep_embeddings(encoder, None, px),
+            "both": mmrep_embeddings(encoder, QUERIES, px)}
+    for key, ref in want.items():
+        for prefix in ("", "st_") if st else ("",):
+            diff = (got[prefix + key] - ref).abs().max().item()
+            assert diff <= 1e-5, f"{prefix + key}: max abs diff {diff}"
+    assert not torch.allclose(want["text"], want["image"], atol=1e-3)  # the three views really differ
+
+
+@pytest.mark.slow
+def test_fusion_moe_export_loads_in_transformers_and_sentence_transformers_without_mmrep(tmp_path):
+    check_export(tmp_path, tiny_config("tiny.yaml"), st=True)
+
+
+@pytest.mark.slow
+def test_fusion_guided_moe_with_hf_text_tower_export_matches(tmp_path):
+    cfg = tiny_config("tiny.yaml", "--moe.mode=guided", "--text.backend=hf", "--fusion.moe_every=2")
+    check_export(tmp_path, cfg, st=False)
+
+
+@pytest.mark.slow
+def test_clip_export_loads_without_mmrep(tmp_path):
+    check_export(tmp_path, tiny_config("clip-tiny.yaml"), st=True)
+
+
+@pytest.mark.slow
+def test_mllm_export_loads_without_mmrep(tmp_path):
+    check_export(tmp_path, tiny_config("mllm-tiny.yaml"), st=False)

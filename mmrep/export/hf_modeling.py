@@ -289,6 +289,9 @@ class ClipBackbone(nn.Module):
             ids = ids * mask
             if not self.hf_text:
                 ids = F.pad(ids, (0, self.context_length - ids.shape[1]))
+                # open_clip's causal mask is a non-persistent buffer: transformers' meta-device init leaves it unset
+                n = self.clip.positional_embedding.shape[0]
+                self.clip.attn_mask = torch.full((n, n), float("-inf"), device=ids.device).triu(1)
             txt = self.clip.encode_text(ids, normalize=True) * has_text[:, None]
             out = txt if out is None else out + txt
         return out

@@ -26,6 +26,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "ctr": ("mmrep.application.cli:ctr_main", "downstream CTR model with ID / embedding / code features"),
     "sweep": ("mmrep.sweep:main", "run a W&B-format sweep (scaling laws) locally, offline"),
     "run": ("mmrep.pipeline:main", "the main job: the whole pipeline end to end"),
+    "configs": ("mmrep.config_files:main", "list / show / locate the packaged configs (copy one to start)"),
 }
 
 

@@ -41,7 +41,6 @@ from mmrep.train.objectives import LossConfig
 from mmrep.train.schedule import build_scheduler
 
 Stage = Literal["pretrain", "posttrain", "align"]
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -131,6 +130,9 @@ def load_config(path: str | None, overrides: list[str] = (), stage: str | None =
     overrides then apply to that file's contents (e.g. `--model.moe.mode=dense` on `model: ../model/tiny.yaml`)."""
     from mmrep.config import load, parse_override, set_dotted
 
+    from mmrep.config_files import find_config
+
+    path = str(find_config(path)) if path else path  # a packaged name (train/pretrain-tiny.yaml) works anywhere
     extra = [f"--stage={stage}"] if stage else []
     model_overrides = [o for o in overrides if parse_override(o)[0].startswith("model.")]
     rest = [o for o in overrides if o not in model_overrides]
@@ -138,10 +140,8 @@ def load_config(path: str | None, overrides: list[str] = (), stage: str | None =
     if model_overrides and not isinstance(cfg.model, str):  # an inline model section takes them directly
         cfg = load(TrainConfig, path, [*overrides] + extra)
     if isinstance(cfg.model, str):
-        model_path = Path(cfg.model)
-        if not model_path.is_absolute():  # relative to the config file first, then the cwd, then the repo
-            cands = ([Path(path).parent / model_path] if path else []) + [model_path, REPO_ROOT / model_path]
-            model_path = next((c for c in cands if c.is_file()), model_path)
+        # relative to the config file first, then the cwd, then the packaged configs
+        model_path = find_config(cfg.model, path, "model")
         raw = read_yaml(model_path)
         if set(raw) == {"model"} and isinstance(raw["model"], dict):
             raw = raw["model"]
@@ -151,6 +151,9 @@ def load_config(path: str | None, overrides: list[str] = (), stage: str | None =
         cfg.model = from_dict(ModelConfig, raw, "model")
     if cfg.optim.micro_batch:
         cfg.data = dataclasses.replace(cfg.data, batch_size=cfg.optim.micro_batch)
+    if path and not Path(cfg.deepspeed.config).is_absolute():  # the file that names it decides what it means
+        with contextlib.suppress(MmrepError):  # a missing file is reported when DeepSpeed starts
+            cfg.deepspeed.config = str(find_config(cfg.deepspeed.config, path, "deepspeed.config"))
     return cfg
 
 
@@ -184,11 +187,9 @@ def setup_distributed() -> tuple[int, int]:
 
 
 def resolve_ds_path(path: str) -> Path:
-    p = Path(path)
-    for cand in (p, REPO_ROOT / p):
-        if cand.is_file():
-            return cand
-    raise MmrepError(f"deepspeed.config {path!r} not found (give a path to a JSON such as configs/deepspeed/zero2.json)")
+    from mmrep.config_files import find_config
+
+    return find_config(path, key="deepspeed.config")
 
 
 def deepspeed_config(cfg: TrainConfig, use_bf16: bool) -> dict[str, Any]:

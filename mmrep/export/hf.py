@@ -14,8 +14,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mmrep.config import to_dict
 from mmrep.errors import MmrepError
 from mmrep.fsutil import atomic_dir
@@ -33,11 +31,7 @@ def tower_configs(encoder: Encoder) -> dict[str, Any]:
     if cfg.backbone == "fusion":
         out["vision_width"], out["text_width"] = encoder.vision.width, encoder.text.width
         if cfg.vision.backend == "open_clip":
-            v = encoder.vision.vit
-            vcfg = _open_clip_vision_cfg(cfg)
-            out["vision_cfg"] = vcfg
-            if v.transformer.width != out["vision_width"]:
-                raise MmrepError("vision tower width mismatch; re-export with the same open_clip version")
+            out["vision_cfg"] = _open_clip_vision_cfg(cfg)
         if cfg.text.backend == "open_clip":
             out["text_cfg"] = _open_clip_text_cfg(cfg)
         else:
@@ -85,7 +79,7 @@ def portable_model_dict(encoder: Encoder) -> dict[str, Any]:
         m["text"]["name"] = "."
     if m["tokenizer"]["backend"] == "hf":
         m["tokenizer"]["path"] = "."
-    m["mllm"]["path"] = "." if m["mllm"]["path"] else ""
+    m["mllm"]["path"] = "." if m["mllm"]["path"] else ""  # informational: the towers are rebuilt from `towers`
     return m
 
 
@@ -135,8 +129,3 @@ def export_hf(encoder: Encoder, out_dir: str | Path, card: str = "", text_kind: 
             (tmp / "README.md").write_text(card)
     return out_dir
 
-
-@torch.no_grad()
-def reference_embeddings(encoder: Encoder, inputs) -> torch.Tensor:
-    """mmrep's own embeddings for an EncoderInput (what the exported code must reproduce)."""
-    return encoder.eval()(inputs).embedding

@@ -16,6 +16,7 @@ from pathlib import Path
 from mmrep.errors import MmrepError
 
 FORMATS = ("hf", "open_clip", "encoder")
+MARKER = "mmrep_export.json"  # written last into every export: --overwrite replaces only folders holding it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,9 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise MmrepError(f"--out {out} exists; pass --overwrite to replace it or choose another folder")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
+        raise MmrepError(f"--out {out} was not written by mmrep export-model (no {MARKER}); refusing to replace it, "
+                         "choose another folder")
     metrics = read_metrics(args.metrics) if args.metrics else None  # validate before any work
     if args.encoder:
         src = Path(args.encoder)
@@ -77,5 +81,17 @@ def main(argv: list[str]) -> int:
         else:
             save_encoder(encoder, dest)
         written.append(f"{fmt} -> {dest}")
+        _mark(dest, [fmt])
+    if len(formats) > 1:
+        _mark(out, formats)
     print(f"exported the {backbone} encoder: " + "; ".join(written))
     return 0
+
+
+def _mark(folder: Path, formats: list[str]) -> None:
+    import json
+
+    from mmrep.fsutil import atomic_write
+
+    with atomic_write(folder / MARKER, "w") as f:
+        json.dump({"written_by": "mmrep export-model", "formats": formats}, f)

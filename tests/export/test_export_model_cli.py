@@ -74,3 +74,21 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     assert mmrep_main(["export-model", "--encoder", str(tmp_path / "ck"), "--out", str(tmp_path / "o")]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert not any((tmp_path / "o").iterdir())
+    (tmp_path / "o" / "notes.txt").write_text("mine")
+    assert mmrep_main(["export-model", "--encoder", str(tmp_path / "ck"), "--out", str(tmp_path / "o"),
+                       "--overwrite"]) == 2
+    assert "not written by mmrep export-model" in capsys.readouterr().err
+    assert (tmp_path / "o" / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_an_earlier_export(tmp_path, capsys):
+    from mmrep.model import build_encoder, save_encoder
+    from embedding_helpers import tiny_config
+
+    save_encoder(build_encoder(tiny_config()), tmp_path / "enc")
+    args = ["export-model", "--encoder", str(tmp_path / "enc"), "--out", str(tmp_path / "o"), "--format", "encoder"]
+    assert mmrep_main(args) == 0
+    assert (tmp_path / "o" / "mmrep_export.json").is_file()
+    assert mmrep_main(args) == 2
+    assert mmrep_main([*args, "--overwrite"]) == 0
+    assert same_weights(load_encoder(tmp_path / "o"), load_encoder(tmp_path / "enc"))

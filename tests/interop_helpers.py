@@ -15,7 +15,7 @@ from mmrep.config import load
 from mmrep.data.tokenize import ProductTokenizer, pad_tokens
 from mmrep.model import ModelConfig
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 
 QUERIES = ["red cotton shirt", "blue denim jeans for men", "a small lamp"]
 

@@ -4,6 +4,7 @@ from another folder; `python -m mmrep --version`; config paths resolve against t
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -62,7 +63,14 @@ def test_pip_install_into_a_fresh_venv_then_train_from_tmp(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     py = venv / "bin" / "python"
-    subprocess.run([py, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", str(REPO)],
+    # pip builds in the source tree (build/, *.egg-info): build from a copy of the tracked files instead
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    src = tmp_path / "src"
+    for name in files:
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
+    subprocess.run([py, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", str(src)],
                    check=True, env=env, cwd=tmp_path, capture_output=True)
 
     def run(*args: str) -> str:

@@ -95,7 +95,7 @@ def model_card(cfg, name: str, formats: list[str], data: str = "", metrics: dict
             "q = model.encode(texts=[\"red cotton shirt\"])                      # queries",
             "p = model.encode(texts=[{\"title\": \"Shirt\", \"category\": [\"Men\", \"Shirts\"],",
             "                         \"attributes\": {\"color\": \"red\"}}], images=[pil_image], kind=\"product\")",
-            "", "from sentence_transformers import SentenceTransformer   # >= 5.4 for image inputs",
+            "", "from sentence_transformers import SentenceTransformer   # 6.x (tested with 6.2.0)",
             "st = SentenceTransformer(PATH, trust_remote_code=True)",
             "st.encode([\"red cotton shirt\", pil_image, {\"text\": \"red shirt\", \"image\": pil_image}])", "```", ""]
     if "open_clip" in formats:

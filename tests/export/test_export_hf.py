@@ -73,3 +73,50 @@ def test_clip_export_loads_without_mmrep(tmp_path):
 @pytest.mark.slow
 def test_mllm_export_loads_without_mmrep(tmp_path):
     check_export(tmp_path, tiny_config("mllm-tiny.yaml"), st=False)
+
+
+MULTI = """
+import json
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel
+px = load_file("inputs.safetensors")["pixels"]
+queries = json.load(open("queries.json"))
+res = {{}}
+for name in {names}:
+    model = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
+    res[name + "/both"] = model.encode(texts=queries, images=list(px))
+    products = [{{"title": q, "category": ["Men", "Shirts"], "attributes": {{"color": "red", "size": 40}},
+                 "description": "soft"}} for q in queries]
+    res[name + "/product"] = model.encode(texts=products, images=list(px), kind="product")
+save_file({{k: v.contiguous() for k, v in res.items()}}, "out.safetensors")
+"""
+
+
+@pytest.mark.slow
+def test_timm_vision_dense_fusion_and_product_fields_match(tmp_path):
+    from mmrep.batch import EncoderInput
+    from mmrep.data.tokenize import ProductTokenizer, pad_tokens
+    from mmrep.records import Product
+
+    variants = {"timm": tiny_config("tiny.yaml", "--vision.backend=timm"),
+                "dense": tiny_config("tiny.yaml", "--moe.mode=dense", "--fusion.layers=1"),
+                "guided": tiny_config("tiny.yaml", "--moe.mode=guided")}
+    px = pixels_for(variants["timm"], len(QUERIES))
+    save_file({"pixels": px}, str(tmp_path / "inputs.safetensors"))
+    (tmp_path / "queries.json").write_text(json.dumps(QUERIES))
+    encoders = {}
+    for name, cfg in variants.items():
+        torch.manual_seed(0)
+        encoders[name] = build_encoder(cfg).eval()
+        export_hf(encoders[name], tmp_path / name)
+    run_isolated(MULTI.format(names=list(variants)), tmp_path)
+    got = load_file(str(tmp_path / "out.safetensors"))
+    for name, enc in encoders.items():
+        assert (got[f"{name}/both"] - mmrep_embeddings(enc, QUERIES, px)).abs().max().item() <= 1e-5, name
+        tok = ProductTokenizer(enc.cfg.tokenizer)
+        products = [Product(id=str(i), title=q, category=["Men", "Shirts"], attributes={"color": "red", "size": "40"},
+                            description="soft") for i, q in enumerate(QUERIES)]
+        ids, types, mask = pad_tokens([tok.encode_product(p) for p in products])
+        with torch.no_grad():
+            ref = enc(EncoderInput(px[:, None], torch.ones(3, 1, dtype=torch.bool), ids, types, mask)).embedding
+        assert (got[f"{name}/product"] - ref).abs().max().item() <= 1e-5, f"{name} product fields"

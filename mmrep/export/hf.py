@@ -91,8 +91,12 @@ def copy_tokenizer(cfg, dest: Path) -> None:
 
     from mmrep.model.assets import source_dir
 
-    AutoTokenizer.from_pretrained(source_dir(cfg.tokenizer.path, "model.tokenizer.path"),
-                                  local_files_only=True).save_pretrained(dest)
+    try:
+        tok = AutoTokenizer.from_pretrained(source_dir(cfg.tokenizer.path, "model.tokenizer.path"), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise MmrepError(f"model.tokenizer.path {cfg.tokenizer.path!r}: cannot read the tokenizer to copy it "
+                         f"({str(e).splitlines()[0][:160]})") from None
+    tok.save_pretrained(dest)
     (dest / "config.json").unlink(missing_ok=True)  # never let a tokenizer's side files replace ours
 
 

@@ -25,7 +25,6 @@ from mmrep.errors import MmrepError
 from mmrep.fsutil import atomic_write
 
 
-
 @dataclass
 class WorldSection:
     size: str = "tiny"  # synth preset; ignored when `path` names an existing world

@@ -82,7 +82,7 @@ class OptimConfig:
 
 @dataclass
 class DeepSpeedSection:
-    config: str = "configs/deepspeed/zero1.json"  # absolute, relative to the cwd, or to the mmrep repo root
+    config: str = "configs/deepspeed/zero1.json"  # absolute, or relative to the naming file, the cwd, the packaged configs
     zero_stage: int = -1  # -1 keeps the JSON's stage
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
 
@@ -129,7 +129,6 @@ def load_config(path: str | None, overrides: list[str] = (), stage: str | None =
     """A TrainConfig from YAML + overrides; a string `model` is read as a model YAML path, and `--model.a.b=v`
     overrides then apply to that file's contents (e.g. `--model.moe.mode=dense` on `model: ../model/tiny.yaml`)."""
     from mmrep.config import load, parse_override, set_dotted
-
     from mmrep.config_files import find_config
 
     path = str(find_config(path)) if path else path  # a packaged name (train/pretrain-tiny.yaml) works anywhere

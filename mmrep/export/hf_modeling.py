@@ -495,6 +495,8 @@ class MmrepEncoderModel(PreTrainedModel):
         """pixel_values (B, N, 3, H, W) normalised, image_mask (B, N) bool; input_ids / token_types /
         attention_mask (B, L). Either modality may be absent (None or width 0)."""
         ref = input_ids if input_ids is not None else pixel_values
+        if ref is None:
+            raise ValueError("give input_ids (text), pixel_values (images) or both")
         b = ref.shape[0]
         dev = ref.device
         size = self.config.mmrep["image_size"]
@@ -510,7 +512,11 @@ class MmrepEncoderModel(PreTrainedModel):
         attention_mask = input_ids != 0 if attention_mask is None else attention_mask.bool()
         if token_types is None:
             token_types = torch.where(attention_mask, QUERY, PAD)
-        emb = F.normalize(self.backbone(pixel_values.float(), image_mask.bool(), input_ids.long(), token_types.long(),
+        empty = ~(image_mask.bool().any(dim=1) | attention_mask.any(dim=1))
+        if empty.any():
+            raise ValueError(f"samples {empty.nonzero().flatten().tolist()[:8]} have neither an image nor text")
+        pixels = pixel_values.to(next(self.parameters()).dtype)
+        emb = F.normalize(self.backbone(pixels, image_mask.bool(), input_ids.long(), token_types.long(),
                                         attention_mask).float(), dim=-1)
         return MmrepEncoderOutput(embedding=emb, pooler_output=emb)
 

@@ -100,6 +100,13 @@ def copy_tokenizer(cfg, dest: Path) -> None:
     (dest / "config.json").unlink(missing_ok=True)  # never let a tokenizer's side files replace ours
 
 
+def native_moe_key(key: str) -> str:
+    """DeepSpeed-MoE parameter names -> the native MoELayer's (`gate`, `experts.i`); the standalone code runs
+    DeepSpeed's routing with the native layer (top-1 scaled by the gate probability, see hf_modeling.MoELayer)."""
+    return key.replace(".moe.deepspeed_moe.gate.wg.", ".gate.").replace(".moe.deepspeed_moe.experts.deepspeed_experts.",
+                                                                          ".experts.")
+
+
 def export_hf(encoder: Encoder, out_dir: str | Path, card: str = "", text_kind: str = "query") -> Path:
     """Write the HF / sentence-transformers folder for any backbone; -> out_dir."""
     from safetensors.torch import save_file
@@ -107,15 +114,12 @@ def export_hf(encoder: Encoder, out_dir: str | Path, card: str = "", text_kind: 
     from mmrep.export.hf_modeling import MmrepEncoderConfig
 
     cfg = encoder.cfg
-    if cfg.moe.enabled and cfg.moe.backend == "deepspeed":
-        raise MmrepError("export-model --format hf supports model.moe.backend 'native' only (DeepSpeed's MoE layer "
-                         "weighs experts differently); train with backend 'native' to export")
     hf_cfg = MmrepEncoderConfig(mmrep=portable_model_dict(encoder), towers=tower_configs(encoder))
     hf_cfg.architectures = ["MmrepEncoderModel"]
     hf_cfg.auto_map = {"AutoConfig": f"{MODELING_FILE[:-3]}.MmrepEncoderConfig",
                        "AutoModel": f"{MODELING_FILE[:-3]}.MmrepEncoderModel"}
-    state = {f"backbone.{k}": v.detach().float().contiguous().clone() if v.is_floating_point() else v.detach().clone()
-             for k, v in encoder.state_dict().items()}
+    state = {f"backbone.{native_moe_key(k)}": v.detach().float().contiguous().clone() if v.is_floating_point()
+             else v.detach().clone() for k, v in encoder.state_dict().items()}
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         copy_tokenizer(cfg, tmp)

@@ -68,9 +68,10 @@ class ExpertMLP(nn.Module):
 class MoELayer(nn.Module):
     """Token-level MoE FFN (mmrep's native layer, inference only): x (T, D), types (T,) -> (T, D)."""
 
-    def __init__(self, dim: int, experts: list, mode: str, top_k: int):
+    def __init__(self, dim: int, experts: list, mode: str, top_k: int, raw_top1: bool = False):
         super().__init__()
         self.mode, self.top_k = mode, top_k
+        self.raw_top1 = raw_top1  # DeepSpeed's MoE (training backend) scales a top-1 expert by its gate probability
         self.experts = nn.ModuleList(experts)
         self.num_experts = len(experts)
         self.first_gated = 2 if mode == "guided" else 0
@@ -90,7 +91,10 @@ class MoELayer(nn.Module):
         xr = x if routed is None else x[routed]
         probs = F.softmax(self.gate(xr).float(), dim=-1)
         top_p, idx = probs.topk(self.top_k, dim=-1)
-        w = top_p / top_p if self.top_k == 1 else top_p / top_p.sum(dim=-1, keepdim=True)
+        if self.top_k == 1:
+            w = top_p if self.raw_top1 else top_p / top_p
+        else:
+            w = top_p / top_p.sum(dim=-1, keepdim=True)
         idx = idx + self.first_gated
         tok = torch.arange(t, device=x.device) if routed is None else routed
         tok = tok[:, None].expand_as(idx)
@@ -115,7 +119,11 @@ class MoELayer(nn.Module):
 def build_moe(dim: int, hidden: int, moe: dict) -> MoELayer:
     mode = moe["mode"]
     n = moe["num_experts"] if mode != "dense" else 1
-    return MoELayer(dim, [ExpertMLP(dim, hidden) for _ in range(n)], mode, moe["top_k"])
+    return MoELayer(dim, [ExpertMLP(dim, hidden) for _ in range(n)], mode, moe["top_k"], _raw_top1(moe))
+
+
+def _raw_top1(moe: dict) -> bool:
+    return moe.get("backend") == "deepspeed" and moe["mode"] != "dense"
 
 
 # -------------------------------------------------------------------------------------------- towers
@@ -341,7 +349,7 @@ class MllmBackbone(nn.Module):
             layers = self.model.language_model.layers
             for i in (m["mllm"]["moe_layers"] or range(len(layers))):
                 experts = [_copy_module(layers[i].mlp) for _ in range(moe["num_experts"])]
-                layers[i].mlp = RoutedFFN(MoELayer(hidden, experts, moe["mode"], moe["top_k"]))
+                layers[i].mlp = RoutedFFN(MoELayer(hidden, experts, moe["mode"], moe["top_k"], _raw_top1(moe)))
                 self.routed.append(layers[i].mlp)
 
     def patches(self, images: torch.Tensor):

@@ -120,3 +120,58 @@ def test_timm_vision_dense_fusion_and_product_fields_match(tmp_path):
         with torch.no_grad():
             ref = enc(EncoderInput(px[:, None], torch.ones(3, 1, dtype=torch.bool), ids, types, mask)).embedding
         assert (got[f"{name}/product"] - ref).abs().max().item() <= 1e-5, f"{name} product fields"
+
+
+BUILD_DEEPSPEED_MOE = """
+import json, sys, torch
+sys.path.insert(0, {tests!r})
+from safetensors.torch import save_file
+from interop_helpers import QUERIES, mmrep_embeddings, pixels_for, tiny_config
+from mmrep.export.hf import export_hf
+from mmrep.model import build_encoder
+refs = {{}}
+for k in (1, 2):
+    torch.manual_seed(0)
+    enc = build_encoder(tiny_config("tiny.yaml", "--moe.backend=deepspeed", f"--moe.top_k={{k}}")).eval()
+    px = pixels_for(enc.cfg, len(QUERIES))
+    export_hf(enc, f"ds{{k}}")
+    refs[f"ds{{k}}/both"] = mmrep_embeddings(enc, QUERIES, px)
+    refs[f"ds{{k}}/text"] = mmrep_embeddings(enc, QUERIES, None)
+save_file({{"pixels": px}}, "inputs.safetensors")
+save_file(refs, "refs.safetensors")
+json.dump(QUERIES, open("queries.json", "w"))
+"""
+
+LOAD_BOTH_AND_TEXT = """
+import json
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel
+px = load_file("inputs.safetensors")["pixels"]
+queries = json.load(open("queries.json"))
+res = {}
+for name in ("ds1", "ds2"):
+    model = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
+    res[name + "/both"], res[name + "/text"] = model.encode(texts=queries, images=list(px)), model.encode(texts=queries)
+save_file(res, "out.safetensors")
+"""
+
+
+@pytest.mark.slow
+def test_deepspeed_moe_backend_exports_with_its_routing(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                            "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(tests).parent))
+    proc = subprocess.run([sys.executable, "-c", BUILD_DEEPSPEED_MOE.format(tests=tests)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not [k for k in load_file(str(tmp_path / "ds1" / "model.safetensors")) if "deepspeed" in k]
+    run_isolated(LOAD_BOTH_AND_TEXT, tmp_path)
+    got, refs = load_file(str(tmp_path / "out.safetensors")), load_file(str(tmp_path / "refs.safetensors"))
+    for key, ref in refs.items():
+        assert (got[key] - ref).abs().max().item() <= 1e-5, key

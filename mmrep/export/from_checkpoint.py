@@ -2,13 +2,15 @@
 
 The architecture comes from the run's resolved `config.yaml` (its `model` section); the weights from the
 tag: ZeRO 0-2 keep the whole module in `mp_rank_00_model_states.pt`; ZeRO-3 partitions it, so the fp32
-master partitions are consolidated with DeepSpeed's own `zero_to_fp32` code. Every file is read with
+master partitions are consolidated with DeepSpeed's own `zero_to_fp32` code; DeepSpeed-MoE experts live in
+`layer_*_expert_*` files, merged in. Every file is read with
 `torch.load(weights_only=True)` (tensors and plain containers only, no code runs), DeepSpeed's included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +21,7 @@ from mmrep.errors import MmrepError
 from mmrep.model.config import ModelConfig
 
 MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")  # ZeRO 0-2, ZeRO-3
+EXPERT_STATES = "layer_*_expert_*_model_states.pt"  # moe.backend deepspeed keeps each expert in its own file
 PREFIX = "encoder."  # the trainer's module wraps the encoder as `.encoder`
 
 
@@ -81,6 +84,11 @@ def checkpoint_state(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
         except Exception as e:
             raise MmrepError(f"cannot consolidate the ZeRO-3 checkpoint {ckpt_dir / tag} "
                              f"({str(e).splitlines()[0][:160]})") from None
+    for file in sorted((ckpt_dir / tag).glob(EXPERT_STATES)):  # DeepSpeed-MoE experts (global ids in the keys)
+        try:
+            module.update(torch.load(file, map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise MmrepError(f"cannot read {file} as tensors ({str(e).splitlines()[0][:160]})") from None
     state = {k[len(PREFIX):]: v.float() if v.is_floating_point() else v
              for k, v in module.items() if k.startswith(PREFIX) and isinstance(v, torch.Tensor)}
     if not state:
@@ -98,9 +106,8 @@ def encoder_from_checkpoint(ckpt_dir: str | Path, tag: str = "latest", run_confi
     if not ckpt_dir.is_dir():
         raise MmrepError(f"--checkpoint {ckpt_dir} is not a folder; pass RUN/checkpoints (or the run dir)")
     cfg = model_config(Path(run_config) if run_config else find_run_config(ckpt_dir))
-    if cfg.moe.enabled and cfg.moe.backend == "deepspeed":
-        raise MmrepError("checkpoints of model.moe.backend 'deepspeed' keep experts in separate files; export them "
-                         "from the run's encoder/ folder instead")
+    if cfg.moe.backend == "deepspeed":  # one process holds every expert: the same model without expert parallelism
+        cfg.moe = dataclasses.replace(cfg.moe, ep_size=1)
     state = checkpoint_state(ckpt_dir, tag)
     encoder = build_encoder(cfg, load_pretrained=False)
     missing, unexpected = encoder.load_state_dict(state, strict=False)

@@ -62,6 +62,26 @@ def test_any_checkpoint_tag_becomes_an_encoder_folder(world, tmp_path, zero):
     assert json.loads((tmp_path / "e2" / "hf" / "config.json").read_text())["model_type"] == "mmrep_encoder"
 
 
+@pytest.mark.slow
+def test_deepspeed_moe_checkpoint_tag_merges_its_expert_files(world, tmp_path):
+    train(world, tmp_path / "run", "--model.moe.backend=deepspeed", "--checkpoint.every_steps=0")
+    assert list((tmp_path / "run" / "checkpoints" / "global_step3").glob("layer_*_expert_*_model_states.pt"))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                            "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    check = f"""
+import torch
+from mmrep.export.from_checkpoint import encoder_from_checkpoint
+from mmrep.model import load_encoder
+a = encoder_from_checkpoint("{tmp_path / 'run'}", "global_step3").state_dict()
+b = load_encoder("{tmp_path / 'run' / 'encoder'}").state_dict()
+assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "checkpoint != final encoder"
+print("same")
+"""
+    proc = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "same" in proc.stdout, proc.stderr[-3000:]
+
+
 def test_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     assert mmrep_main(["export-model", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "not a folder" in capsys.readouterr().err

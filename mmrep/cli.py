@@ -18,6 +18,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "train": ("mmrep.train.cli:main", "pretrain / post-train / item-align under DeepSpeed"),
     "augment": ("mmrep.train.augment:main", "offline image-text co-augmentation -> new shards"),
     "export": ("mmrep.export.cli:main", "item / query embeddings from a checkpoint"),
+    "export-model": ("mmrep.export.model_cli:main", "encoder / checkpoint -> transformers, sentence-transformers, open_clip"),
     "eval mbe": ("mmrep.evaluation.cli:mbe_main", "MBE2.0-protocol retrieval, classification, attributes"),
     "eval image-search": ("mmrep.evaluation.cli:image_search_main", "query image -> item recall@K"),
     "eval exchange-rate": ("mmrep.evaluation.exchange_rate:main", "which intermediate metric predicts CTR gains"),
@@ -25,14 +26,29 @@ ROUTES: dict[str, tuple[str, str]] = {
     "ctr": ("mmrep.application.cli:ctr_main", "downstream CTR model with ID / embedding / code features"),
     "sweep": ("mmrep.sweeps.cli:main", "run a W&B sweep file as wandb agent would, fit scaling laws (`sweep fit`)"),
     "run": ("mmrep.pipeline:main", "the main job: the whole pipeline end to end"),
+    "configs": ("mmrep.config_files:main", "list / show / locate the packaged configs (copy one to start)"),
 }
 
 
 def usage() -> str:
     width = max(len(k) for k in ROUTES)
-    lines = ["usage: mmrep <command> [args]  (add --help to a command for its options)", "", "commands:"]
+    lines = ["usage: mmrep <command> [args]  (add --help to a command for its options; mmrep --version)", "",
+             "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in ROUTES.items()]
     return "\n".join(lines)
+
+
+def version() -> str:
+    """The installed distribution's version (the package's own when run from a checkout)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    import mmrep
+
+    try:
+        return dist_version("mmrep")
+    except PackageNotFoundError:
+        return mmrep.__version__
 
 
 def resolve(argv: list[str]) -> tuple[str, list[str]]:
@@ -48,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"mmrep {version()}")
         return 0
     try:
         name, rest = resolve(argv)

@@ -24,8 +24,6 @@ from mmrep import config as cfgmod
 from mmrep.errors import MmrepError
 from mmrep.fsutil import atomic_write
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 @dataclass
 class WorldSection:
@@ -148,8 +146,15 @@ class Job:
 
 
 def _repo_path(p: str) -> str:
-    """Config paths in run configs are relative to the repo root unless they exist from the cwd."""
-    return p if Path(p).exists() or Path(p).is_absolute() else str(REPO_ROOT / p)
+    """Config paths in run configs: from the cwd when they exist there, else among the packaged configs."""
+    if Path(p).exists() or Path(p).is_absolute():
+        return p
+    from mmrep.config_files import find_config
+
+    try:
+        return str(find_config(p))
+    except MmrepError:
+        return p
 
 
 def run(cfg: RunConfig, fresh: bool = False) -> dict[str, Any]:

@@ -60,6 +60,8 @@ def quantize_main(argv: list[str]) -> int:
     p.add_argument("--train-sample", type=int, help="train codebooks on at most this many items")
     p.add_argument("--codebooks", help="saved codebooks.safetensors (or its folder) for --encode-only")
     p.add_argument("--encode-only", action="store_true", help="encode with --codebooks, no training")
+    p.add_argument("--format", choices=["safetensors", "parquet"], default="safetensors",
+                   help="parquet: also write codes.parquet (id, rq, vq, dedup)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     args = p.parse_args(rest)
     if args.encode_only != bool(args.codebooks):
@@ -75,10 +77,17 @@ def quantize_main(argv: list[str]) -> int:
     result = q.quantize(x, cfg, codebooks=books)
     with atomic_dir(out) as tmp:
         q.write_outputs(tmp, ids, result, cfg)
+        if args.format == "parquet":
+            from safetensors.numpy import load_file
+
+            from mmrep.export.parquet import CODES_FILE, codes_to_parquet
+
+            codes_to_parquet(tmp / CODES_FILE, ids, load_file(str(tmp / "codes.safetensors")))
         cfgmod.save_resolved(run, tmp)
     for line in q.summary_lines(result.report):
         print(line)
-    print(f"wrote {out}/codes.csv, codes.safetensors, codebooks.safetensors, report.json")
+    extra = ", codes.parquet" if args.format == "parquet" else ""
+    print(f"wrote {out}/codes.csv, codes.safetensors{extra}, codebooks.safetensors, report.json")
     return 0
 
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import glob
 import io
+import itertools
 import json
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 from mmrep.config import from_dict, parse_override, read_yaml, save_resolved, set_dotted, to_dict
+from mmrep.data.rows import WDS_IMAGES, attribute_items, field_paths, get_field, split_spec, text_of, wds_rows
 from mmrep.data.shards import ShardWriter
 from mmrep.errors import MmrepError
 from mmrep.fsutil import atomic_dir, atomic_write
@@ -30,8 +32,8 @@ SUMMARY = "import.json"
 class ImportConfig:
     """How catalogue columns become Product fields (the YAML mapping config holds these keys)."""
 
-    table: str = ""  # the CSV or JSONL file
-    format: Literal["auto", "csv", "jsonl"] = "auto"
+    table: str = ""  # the CSV or JSONL file, or a WebDataset / img2dataset shard folder or .tar (format wds)
+    format: Literal["auto", "csv", "jsonl", "wds"] = "auto"
     images: str = ""  # image folder; image paths / patterns are relative to it
     id_col: str = "id"
     title_col: str = ""
@@ -40,6 +42,8 @@ class ImportConfig:
     image_pattern: str = ""  # e.g. "{id}.jpg" or "{id}_*.jpg" (glob, sorted); fields are row columns
     category_cols: list[str] = field(default_factory=list)  # coarse -> fine
     category_sep: str = ">"  # splits a single category column holding a path "A > B > C"
+    # columns may be dotted paths into nested JSON (attributes.size.eu) and `NAME=PATH` names the attribute;
+    # an object value becomes one attribute per leaf, a list one comma-joined value
     attribute_cols: list[str] = field(default_factory=list)
     label_cols: list[str] = field(default_factory=list)
     split_col: str = ""
@@ -88,9 +92,17 @@ def preset(name: str, source: str | Path | None = None) -> ImportConfig:
     )
 
 
-def read_table(path: str | Path, fmt: str = "auto") -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows (dicts) and column names of a CSV (all strings; "NA" stays a string) or JSONL file."""
+def read_table(path: str | Path, fmt: str = "auto") -> tuple[Iterable[dict[str, Any]], list[str]]:
+    """Rows (dicts) and column names of a CSV (all strings; "NA" stays a string), a JSONL file (names include
+    dotted paths into nested objects) or WebDataset shards (rows stream; names from the first samples)."""
     path = Path(path)
+    if fmt == "wds" or (fmt == "auto" and (path.is_dir() or path.suffix == ".tar")):
+        if not path.exists():
+            raise MmrepError(f"shard folder not found: {path} (check --wds)")
+        rows = wds_rows(path)
+        head = list(itertools.islice(rows, 200))
+        columns = {k: None for row in head for k in field_paths(row) if k != WDS_IMAGES}
+        return itertools.chain(head, rows), list(columns)
     if not path.is_file():
         raise MmrepError(f"catalogue file not found: {path} (check --csv / --jsonl)")
     if fmt == "auto":
@@ -115,7 +127,7 @@ def read_table(path: str | Path, fmt: str = "auto") -> tuple[list[dict[str, Any]
             if not isinstance(row, dict):
                 raise MmrepError(f"{path} line {n} is not a JSON object")
             rows.append(row)
-            columns.update(dict.fromkeys(row))
+            columns.update(dict.fromkeys(field_paths(row)))
     return rows, list(columns)
 
 
@@ -123,7 +135,7 @@ def _check_columns(cfg: ImportConfig, columns: list[str]) -> None:
     wanted = {"id_col": cfg.id_col, "title_col": cfg.title_col, "description_col": cfg.description_col,
               "image_col": cfg.image_col, "split_col": cfg.split_col}
     named = [(k, v) for k, v in wanted.items() if v]
-    named += [(k, c) for k in ("category_cols", "attribute_cols", "label_cols") for c in getattr(cfg, k)]
+    named += [(k, split_spec(c)[1]) for k in ("category_cols", "attribute_cols", "label_cols") for c in getattr(cfg, k)]
     for key, col in named:
         if col not in columns:
             raise MmrepError(f"column {col!r} (from {key}) is not in the catalogue; available columns: "
@@ -131,11 +143,7 @@ def _check_columns(cfg: ImportConfig, columns: list[str]) -> None:
 
 
 def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and value != value:  # NaN
-        return ""
-    return str(value).strip()
+    return text_of(value)  # lists joined, objects as JSON, None / NaN empty
 
 
 def _list(value: Any, sep: str) -> list[str]:
@@ -152,7 +160,7 @@ def _list(value: Any, sep: str) -> list[str]:
 
 def _image_paths(cfg: ImportConfig, row: dict[str, Any], image_dir: Path) -> list[Path]:
     if cfg.image_col:
-        names = _list(row.get(cfg.image_col), "|")
+        names = _list(get_field(row, cfg.image_col), "|")
     elif cfg.image_pattern:
         try:
             name = cfg.image_pattern.format_map({k: _text(v) for k, v in row.items()})
@@ -194,7 +202,7 @@ def products_from_table(cfg: ImportConfig, counts: dict[str, int]) -> Iterator[P
     seen: set[str] = set()
     for row in rows:
         counts["rows"] += 1
-        item_id = _text(row.get(cfg.id_col))
+        item_id = _text(get_field(row, cfg.id_col))
         if not item_id:
             counts["skipped_no_id"] += 1
             continue
@@ -204,33 +212,35 @@ def products_from_table(cfg: ImportConfig, counts: dict[str, int]) -> Iterator[P
             continue
         seen.add(key)
         if cfg.split_col:
-            split = _text(row.get(cfg.split_col))
+            split = _text(get_field(row, cfg.split_col))
         else:
             split = splits.get(item_id, "") if splits is not None else ""
         if not split:
             counts["default_split"] += 1
             split = cfg.default_split
         paths = _image_paths(cfg, row, image_dir)
+        shard_images = row.get(WDS_IMAGES, []) if not (cfg.image_col or cfg.image_pattern) else []
         if not paths and (cfg.image_col or cfg.image_pattern):
             if not cfg.keep_text_only:
                 counts["skipped_missing_image"] += 1
                 counts[f"skipped_missing_image/{split}"] += 1
                 continue
             counts["text_only"] += 1
-        images = [p.read_bytes() for p in paths]
+        images = [p.read_bytes() for p in paths] + [data for _, data in shard_images]
+        exts = [p.suffix.lstrip(".").lower() or "jpg" for p in paths] + [ext for ext, _ in shard_images]
         if cfg.reencode:
             images = [_reencode(b) for b in images]
-        category = _list(row.get(cfg.category_cols[0]), cfg.category_sep) if len(cfg.category_cols) == 1 else \
-            [_text(row.get(c)) for c in cfg.category_cols if _text(row.get(c))]
+        category = _list(get_field(row, cfg.category_cols[0]), cfg.category_sep) if len(cfg.category_cols) == 1 else \
+            [_text(get_field(row, c)) for c in cfg.category_cols if _text(get_field(row, c))]
         p = Product(
             id=item_id,
-            title=_text(row.get(cfg.title_col)) if cfg.title_col else "",
-            description=_text(row.get(cfg.description_col)) if cfg.description_col else "",
+            title=_text(get_field(row, cfg.title_col)) if cfg.title_col else "",
+            description=_text(get_field(row, cfg.description_col)) if cfg.description_col else "",
             category=category,
-            attributes={c: _text(row.get(c)) for c in cfg.attribute_cols if _text(row.get(c))},
+            attributes=dict(kv for c in cfg.attribute_cols for kv in attribute_items(row, c)),
             images=images,
-            image_exts=["jpg" if cfg.reencode else (p.suffix.lstrip(".").lower() or "jpg") for p in paths],
-            labels={c: _text(row.get(c)) for c in cfg.label_cols if _text(row.get(c))},
+            image_exts=["jpg" if cfg.reencode else ext for ext in exts],
+            labels={c: _text(get_field(row, c)) for c in cfg.label_cols if _text(get_field(row, c))},
             split=split,
         )
         if not p.title:

@@ -23,17 +23,20 @@ def import_main(argv: list[str]) -> int:
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--csv", help="catalogue CSV file")
     src.add_argument("--jsonl", help="catalogue JSONL file (one product object per line)")
+    src.add_argument("--wds", help="WebDataset / img2dataset shards (folder or .tar): each sample's .json fields, "
+                                   "'txt' and '__key__' are columns; its images are the product's")
     ap.add_argument("--images", help="image folder (paths and patterns are relative to it)")
     ap.add_argument("--out", required=True, help="output folder (<out>/<split>/ shard sets + import.json)")
     ap.add_argument("--preset", choices=["fashion"], help="a known layout (fashion: Fashion Product Images Small)")
     ap.add_argument("--source", help="the preset's data folder (default: ../shared/data/<dataset> or $MMREP_DATA_DIR)")
-    ap.add_argument("--id-col")
+    ap.add_argument("--id-col", help="id column / JSON field (dotted paths allowed; img2dataset: __key__ or yours)")
     ap.add_argument("--title-col")
     ap.add_argument("--description-col")
     ap.add_argument("--image-col", help="column with image path(s): 'a.jpg', 'a.jpg|b.jpg' or a JSON list")
     ap.add_argument("--image-pattern", help="image path from row fields, e.g. '{id}.jpg' or '{id}_*.jpg'")
     ap.add_argument("--category-cols", help="comma-separated, coarse -> fine")
-    ap.add_argument("--attribute-cols", help="comma-separated")
+    ap.add_argument("--attribute-cols", help="comma-separated; dotted paths reach nested JSON (attributes.size.eu), "
+                                             "NAME=PATH names the attribute")
     ap.add_argument("--label-cols", help="comma-separated")
     ap.add_argument("--split-col")
     ap.add_argument("--splits-csv", help="CSV with the id column and 'split', joined on id")
@@ -46,7 +49,8 @@ def import_main(argv: list[str]) -> int:
 
     cfg = resolve_import_config(
         args.preset, args.source, config, overrides,
-        table=args.csv or args.jsonl, format="csv" if args.csv else "jsonl" if args.jsonl else None,
+        table=args.csv or args.jsonl or args.wds,
+        format="csv" if args.csv else "jsonl" if args.jsonl else "wds" if args.wds else None,
         images=args.images, id_col=args.id_col, title_col=args.title_col, description_col=args.description_col,
         image_col=args.image_col, image_pattern=args.image_pattern, category_cols=_cols(args.category_cols),
         attribute_cols=_cols(args.attribute_cols), label_cols=_cols(args.label_cols), split_col=args.split_col,

@@ -91,10 +91,12 @@ class ProductTokenizer:
                 raise MmrepError(f"tokenizer.path {cfg.path!r} is not a directory; point it at a local HF tokenizer")
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
             self._encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+            # BERT-style: [CLS] ... [SEP]; Llama-style: <s> ... </s>; Qwen2(-VL) ships no bos: text ... <|im_end|>
             self.sot_id = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
             self.eot_id = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
-            if self.sot_id is None or self.eot_id is None:
-                raise MmrepError(f"tokenizer at {cfg.path} has no start/end tokens (cls/sep or bos/eos)")
+            if self.eot_id is None:
+                raise MmrepError(f"tokenizer at {cfg.path} has no end token (sep or eos); set one in its "
+                                 "tokenizer_config.json")
             self.vocab_size = len(tok)
 
     def _text(self, text: str) -> list[int]:
@@ -135,9 +137,10 @@ class ProductTokenizer:
             types += [int(ttype)] * len(toks)
         if not ids:
             return [], []
-        budget = self.cfg.context_length - 2
+        head = [] if self.sot_id is None else [self.sot_id]
+        budget = self.cfg.context_length - 1 - len(head)
         ids, types = ids[:budget], types[:budget]
-        return [self.sot_id, *ids, self.eot_id], [int(TokenType.SPECIAL), *types, int(TokenType.SPECIAL)]
+        return [*head, *ids, self.eot_id], [int(TokenType.SPECIAL)] * len(head) + [*types, int(TokenType.SPECIAL)]
 
     def encode_product(self, p: Product, view: str = "full") -> tuple[list[int], list[int]]:
         return self.encode_segments(self.segments_for_product(p, view))

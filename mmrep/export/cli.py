@@ -1,7 +1,7 @@
 """`mmrep export`: item / query embeddings of a shard set from an encoder dir.
 
     mmrep export --encoder RUN/encoder --shards DATA/items/test --out EMB [--dim 128] [--dtype float16]
-                 [--kind queries --view text|image|both] [--faiss flat|ivf] [--part-size 4096]
+                 [--kind queries --view text|image|both] [--faiss flat|ivf|hnsw] [--format parquet] [--part-size 4096]
     deepspeed --num_gpus 2 eval/export.py --encoder ... (each rank exports a disjoint set of parts)
 Flags map onto the `export` config section; `--config FILE` (an `export:` section) and
 `--export.key=value` overrides work as everywhere else. Rerunning an interrupted export resumes it.
@@ -50,8 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--part-size", dest="part_size", type=int, help="input rows per part file (default 4096)")
     p.add_argument("--max-images", dest="max_images", type=int)
-    p.add_argument("--faiss", choices=["none", "flat", "ivf"])
+    p.add_argument("--faiss", choices=["none", "flat", "ivf", "hnsw"])
     p.add_argument("--ivf-lists", dest="ivf_lists", type=int)
+    p.add_argument("--target-recall", dest="target_recall", type=float,
+                   help="ivf/hnsw: raise nprobe/efSearch until recall@10 vs exact reaches this (default 0.95)")
+    p.add_argument("--hnsw-m", dest="hnsw_m", type=int, help="hnsw graph degree (default 32)")
+    p.add_argument("--format", choices=["safetensors", "parquet"], help="parquet: also write embeddings.parquet")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished export")
     p.add_argument("--strict", action="store_true", default=None, help="fail on a corrupt sample")
     p.add_argument("--device", help="auto (default: cuda:LOCAL_RANK when available, else cpu), cpu, cuda:0, ...")

@@ -115,9 +115,12 @@ def save_encoder(encoder: Encoder, out_dir: str | Path) -> Path:
     """Write `config.json` + `model.safetensors` (atomically; an existing dir is replaced whole)."""
     from safetensors.torch import save_model
 
+    from mmrep.model.assets import bundle
+
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": to_dict(encoder.cfg)}
+        # assets (tokenizer, configs) are copied in: the folder loads anywhere, no machine paths are stored
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": bundle(to_dict(encoder.cfg), tmp)}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         save_model(encoder, str(tmp / WEIGHTS_FILE))
     return out_dir
@@ -134,7 +137,9 @@ def load_config(path: str | Path) -> ModelConfig:
         raise MmrepError(f"{file} is not valid JSON ({e.msg}); the encoder dir is corrupt") from None
     if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
         raise MmrepError(f"{file} is not an {FORMAT} v{FORMAT_VERSION} config; re-export the encoder")
-    return from_dict(ModelConfig, meta["model"], "model")
+    from mmrep.model.assets import resolve
+
+    return from_dict(ModelConfig, resolve(meta["model"], Path(path)), "model")
 
 
 def load_encoder(path: str | Path, map_location: str = "cpu") -> Encoder:

@@ -43,7 +43,6 @@ from mmrep.train.objectives import LossConfig
 from mmrep.train.schedule import build_scheduler
 
 Stage = Literal["pretrain", "posttrain", "align"]
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -85,7 +84,7 @@ class OptimConfig:
 
 @dataclass
 class DeepSpeedSection:
-    config: str = "configs/deepspeed/zero1.json"  # absolute, relative to the cwd, or to the mmrep repo root
+    config: str = "configs/deepspeed/zero1.json"  # absolute, or relative to the naming file, the cwd, the packaged configs
     zero_stage: int = -1  # -1 keeps the JSON's stage
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
 
@@ -133,7 +132,9 @@ def load_config(path: str | None, overrides: list[str] = (), stage: str | None =
     """A TrainConfig from YAML + overrides; a string `model` is read as a model YAML path, and `--model.a.b=v`
     overrides then apply to that file's contents (e.g. `--model.moe.mode=dense` on `model: ../model/tiny.yaml`)."""
     from mmrep.config import load, parse_override, set_dotted
+    from mmrep.config_files import find_config
 
+    path = str(find_config(path)) if path else path  # a packaged name (train/pretrain-tiny.yaml) works anywhere
     extra = [f"--stage={stage}"] if stage else []
     model_overrides = [o for o in overrides if parse_override(o)[0].startswith("model.")]
     rest = [o for o in overrides if o not in model_overrides]
@@ -141,10 +142,8 @@ def load_config(path: str | None, overrides: list[str] = (), stage: str | None =
     if model_overrides and not isinstance(cfg.model, str):  # an inline model section takes them directly
         cfg = load(TrainConfig, path, [*overrides] + extra)
     if isinstance(cfg.model, str):
-        model_path = Path(cfg.model)
-        if not model_path.is_absolute():  # relative to the config file first, then the cwd, then the repo
-            cands = ([Path(path).parent / model_path] if path else []) + [model_path, REPO_ROOT / model_path]
-            model_path = next((c for c in cands if c.is_file()), model_path)
+        # relative to the config file first, then the cwd, then the packaged configs
+        model_path = find_config(cfg.model, path, "model")
         raw = read_yaml(model_path)
         if set(raw) == {"model"} and isinstance(raw["model"], dict):
             raw = raw["model"]
@@ -154,6 +153,9 @@ def load_config(path: str | None, overrides: list[str] = (), stage: str | None =
         cfg.model = from_dict(ModelConfig, raw, "model")
     if cfg.optim.micro_batch:
         cfg.data = dataclasses.replace(cfg.data, batch_size=cfg.optim.micro_batch)
+    if path and not Path(cfg.deepspeed.config).is_absolute():  # the file that names it decides what it means
+        with contextlib.suppress(MmrepError):  # a missing file is reported when DeepSpeed starts
+            cfg.deepspeed.config = str(find_config(cfg.deepspeed.config, path, "deepspeed.config"))
     return cfg
 
 
@@ -187,11 +189,9 @@ def setup_distributed() -> tuple[int, int]:
 
 
 def resolve_ds_path(path: str) -> Path:
-    p = Path(path)
-    for cand in (p, REPO_ROOT / p):
-        if cand.is_file():
-            return cand
-    raise MmrepError(f"deepspeed.config {path!r} not found (give a path to a JSON such as configs/deepspeed/zero2.json)")
+    from mmrep.config_files import find_config
+
+    return find_config(path, key="deepspeed.config")
 
 
 def deepspeed_config(cfg: TrainConfig, use_bf16: bool) -> dict[str, Any]:

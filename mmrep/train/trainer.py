@@ -514,7 +514,7 @@ class Trainer:
 
     def _resume(self, resume: str) -> None:
         tag = ckpt.resolve_tag(self.ckpt_dir, resume)
-        state, rank_state = ckpt.load(self.engine, self.ckpt_dir, tag)
+        state, rank_state = ckpt.load(self.engine, self.ckpt_dir, tag, trust=self.cfg.checkpoint.trust)
         if state.get("world_size", self.world) != self.world:
             raise MmrepError(f"checkpoint {tag} was written by {state['world_size']} ranks, this run has {self.world}; "
                              "resume at the same world size (DeepSpeed's universal checkpoint converts between sizes)")

@@ -174,8 +174,9 @@ class HFVisionLanguageTitle:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         try:
-            self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-            self.model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()
+            self.processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+            self.model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True,
+                                                                     trust_remote_code=False).eval()
         except (OSError, ValueError) as e:
             raise MmrepError(f"cannot load a vision-language model from {path}: {str(e).splitlines()[0]}") from None
         self.max_new_tokens = max_new_tokens

@@ -50,3 +50,63 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# Every output folder mmrep creates (runs, imports, exports) holds this file; `--overwrite` only ever
+# replaces a folder that has it, so a mistyped path can never delete a user's own files.
+MARKER = ".mmrep"
+
+
+def write_marker(folder: str | Path, kind: str) -> None:
+    """Mark `folder` as written by mmrep (`kind`: run, import, export, ...)."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / MARKER).is_file():
+        with atomic_write(folder / MARKER, "w") as f:
+            json.dump({"kind": kind, "note": "written by mmrep; --overwrite may replace this folder"}, f)
+            f.write("\n")
+
+
+def has_marker(folder: str | Path) -> bool:
+    return (Path(folder) / MARKER).is_file()
+
+
+def set_aside(folder: str | Path, names: list[str], aside: str) -> Path | None:
+    """Move `folder`'s entries `names` into `folder/aside` (kept until `drop_aside` or `restore_aside`)."""
+    folder = Path(folder)
+    present = [n for n in names if (folder / n).exists() or (folder / n).is_symlink()]
+    if not present:
+        return None
+    dest = folder / aside
+    if dest.exists():
+        # an earlier start-over died before its first checkpoint: `dest` still holds the older content, and
+        # what is in the folder now was written by that attempt (by mmrep), so that is what goes
+        for name in present:
+            path = folder / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        return dest
+    dest.mkdir()
+    for name in present:
+        os.replace(folder / name, dest / name)
+    return dest
+
+
+def restore_aside(folder: str | Path, aside: str) -> None:
+    """Undo `set_aside`: entries written since are deleted, the set-aside ones move back."""
+    folder, src = Path(folder), Path(folder) / aside
+    if not src.is_dir():
+        return
+    for p in src.iterdir():
+        target = folder / p.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(p, target)
+    src.rmdir()
+
+
+def drop_aside(folder: str | Path, aside: str) -> None:
+    shutil.rmtree(Path(folder) / aside, ignore_errors=True)

@@ -219,6 +219,12 @@ def load(engine, ckpt_dir: str | Path, tag: str, trust: bool = False) -> tuple[d
     try:
         path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
+    except RuntimeError as e:  # the model in the config is not the one the checkpoint holds
+        if "state_dict" not in str(e) and "size mismatch" not in str(e):
+            raise
+        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "key(s)" in ln), "")
+        raise MmrepError(f"checkpoint {ckpt_dir / tag} holds another model than this config builds ({detail[:200]}); "
+                         "resume with the run's own config.yaml, or start a new --output_dir") from None
     finally:
         engine.checkpoint_engine = original
     if path is None:

@@ -324,10 +324,13 @@ class _Decode:
         for sample in src:
             try:
                 record = decode_sample(sample)
-                if self.kind == "products" and not isinstance(record, Product):
-                    raise CorruptSample("a triplet sample in a product shard set", reason="other")
-                if self.kind == "triplets" and not isinstance(record, Triplet):
-                    raise CorruptSample("a product sample in a triplet shard set", reason="other")
+                want = {"products": Product, "triplets": Triplet}.get(self.kind or "")
+                if want is not None and not isinstance(record, want):
+                    # the wrong kind of shard set is a configuration mistake, not corruption: stop at once
+                    shard = str(sample.get("__url__", ""))
+                    got = "triplets" if isinstance(record, Triplet) else "products"
+                    raise CorruptSample(f"shard {shard} holds {got}, but this stage reads {self.kind}; "
+                                        f"{_KIND_HINT[self.kind]}", shard=shard, reason="wrong_kind")
                 prepared = self.collator.prepare(record)
                 self.skipper.consecutive = 0
                 yield prepared
@@ -355,6 +358,19 @@ class _EpochCut:
 
 # ---------------------------------------------------------------------------------------------
 # loaders
+
+_KIND_HINT = {"products": "point data.shards at a product set (e.g. items/train) or use --stage posttrain",
+              "triplets": "point data.shards at a triplet set (e.g. triplets/train) or use --stage pretrain"}
+
+
+def check_kind(urls: Sequence[str], kind: str | None) -> None:
+    """A shard set whose manifest names another kind than the stage reads -> one clear error up front."""
+    if kind not in _KIND_HINT:
+        return
+    for d in dict.fromkeys(Path(u).parent for u in urls):
+        got = json.loads((d / MANIFEST).read_text()).get("kind") if (d / MANIFEST).is_file() else None
+        if got in _KIND_HINT and got != kind:
+            raise MmrepError(f"shard set {d} holds {got}, but this stage reads {kind}; {_KIND_HINT[kind]}")
 
 
 class Loader:
@@ -449,6 +465,7 @@ def train_loader(cfg: DataConfig, collator: Collator, rank: int | None = None, w
     (epoch_length // batch_size), whatever the shard sizes; otherwise one pass over this rank's shards."""
     rank, world = dist_rank_world(rank, world_size)
     urls = resolve_shards(shards if shards is not None else cfg.shards)
+    check_kind(urls, kind)
     workers = max(cfg.num_workers, 1)
     state, stats = _EpochState(), SkipStats()
     skipper = _Skipper(stats, cfg.strict)
@@ -485,6 +502,7 @@ def eval_loader(cfg: DataConfig, collator: Collator, rank: int | None = None, wo
     """In-order batches; every sample is read by exactly one (rank, worker) across the job."""
     rank, world = dist_rank_world(rank, world_size)
     urls = resolve_shards(shards if shards is not None else cfg.shards)
+    check_kind(urls, kind)
     workers = max(cfg.num_workers, 1)
     state, stats = _EpochState(), SkipStats()
     skipper = _Skipper(stats, cfg.strict)

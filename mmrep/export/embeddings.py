@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,7 +28,7 @@ import torch
 
 from mmrep.batch import EncoderInput
 from mmrep.errors import MmrepError
-from mmrep.fsutil import atomic_write
+from mmrep.fsutil import MARKER, atomic_write, has_marker, write_marker
 from mmrep.records import Product, Query, Triplet
 from mmrep.export.format import (FAISS_FILE, FORMAT, INDEX, TENSOR, VERSION, EmbeddingFormatError, part_name,
                                  read_part, read_part_meta)
@@ -366,24 +365,33 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
+# What an export writes (and so all that --overwrite may delete): temp files are `.<name>.<random>.tmp`.
+OWN_FILES = (INDEX, FAISS_FILE, "export.yaml", MARKER, "part-*.safetensors", f".{INDEX}.*.tmp", f".{FAISS_FILE}.tmp",
+             ".part-*.tmp", ".export.yaml.*.tmp")
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber: a finished export needs --overwrite; a foreign non-empty folder is refused."""
+    """Refuse to clobber: a finished export needs --overwrite; a foreign non-empty folder is refused; only the
+    export's own files are ever deleted (a user's notes beside them stay)."""
     if out.exists() and not out.is_dir():
         raise MmrepError(f"--out {out} is a file; give a folder")
     if not out.exists():
         out.mkdir(parents=True)
+        write_marker(out, "export")
         return
-    ours = (out / INDEX).exists() or any(out.glob("part-*.safetensors")) or (out / "export.yaml").exists()
+    ours = has_marker(out) or (out / INDEX).exists() or any(out.glob("part-*.safetensors")) or \
+        (out / "export.yaml").exists()
     if any(out.iterdir()) and not ours:
         raise MmrepError(f"--out {out} is a non-empty folder that is not an mmrep export; choose another path")
     if (out / INDEX).exists() and not overwrite:
         raise MmrepError(f"{out} already holds a finished export; pass --overwrite to replace it")
-    if overwrite:
-        for p in list(out.iterdir()):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    # Temp files of a killed run (SIGKILL skips atomic_write's cleanup); never visible as parts.
-    for p in out.glob(".part-*.tmp"):
-        p.unlink(missing_ok=True)
+    # With --overwrite every file of ours goes; otherwise only temp files of a killed run (SIGKILL skips
+    # atomic_write's cleanup), which are never visible as parts.
+    for pattern in OWN_FILES if overwrite else [p for p in OWN_FILES if p.endswith(".tmp")]:
+        for p in out.glob(pattern):
+            if p.is_file() and p.name != MARKER:
+                p.unlink()
+    write_marker(out, "export")
 
 
 def export(cfg: ExportConfig, handle: EncoderHandle | None = None) -> dict[str, Any]:

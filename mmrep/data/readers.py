@@ -164,8 +164,8 @@ class _Skipper:
     def skip(self, reason: str, shard: str, key: str, detail: str) -> None:
         where = f"shard {shard or '?'}" + (f", sample {key}" if key else "")
         if self.strict:
-            raise CorruptSample(f"corrupt sample in {where}: {detail} (strict mode; fix the shard or set "
-                                "data.strict=false to skip corrupt samples)", key=key, shard=shard, reason=reason,
+            raise CorruptSample(f"corrupt sample in {where}: {detail} (strict mode; fix the shard, or turn strict "
+                                "off to skip and count corrupt samples)", key=key, shard=shard, reason=reason,
                                 detail=detail)
         self.stats.record(reason, f"{where}: {detail}", shard, key)
         self.consecutive += 1

@@ -207,14 +207,23 @@ def decode_record(sample: dict[str, Any]) -> Product | Query | Triplet:
     return decode_sample(sample)
 
 
-def iter_raw(url: str) -> Iterator[dict[str, Any]]:
-    """The raw samples of one tar in order; a damaged tar raises MmrepError naming it."""
-    import webdataset as wds
+def iter_raw(url: str, skipper: Any = None, expected: int | None = None) -> Iterator[dict[str, Any]]:
+    """The raw samples of one tar in order, through the shared shard reader (`mmrep.data.readers.ShardSamples`).
 
-    def fail(exn: Exception) -> bool:
-        raise MmrepError(f"shard {url} is damaged ({type(exn).__name__}: {exn}); re-write it") from None
+    Without a `skipper` a damaged tar fails as one line naming it; with one it is counted (with the samples
+    its manifest says were lost) and the read stops there."""
+    from mmrep.data.readers import ShardSamples, SkipStats, _Skipper
 
-    yield from wds.tarfile_to_samples(handler=fail)(iter([{"url": url}]))
+    counts = {str(Path(url)): expected} if expected is not None else {}
+    strict = skipper is None
+    reader = ShardSamples(skipper if skipper is not None else _Skipper(SkipStats(), strict=True), counts)
+    try:
+        yield from reader(iter([{"url": url}]))
+    except MmrepError as e:
+        if not strict:
+            raise
+        detail = str(e).split(": ", 1)[-1].split(" (strict mode")[0]
+        raise MmrepError(f"shard {url} is damaged ({detail}); re-write it") from None
 
 
 def as_exportable(record: Product | Query | Triplet, kind: str) -> Product | Query:
@@ -430,8 +439,11 @@ def _export_parts(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], ou
                   show: bool, reused: int) -> None:
     from tqdm import tqdm
 
+    from mmrep.data.readers import SkipStats, _Skipper
     from mmrep.data.transforms import CorruptSample
 
+    stats = SkipStats()
+    skipper = _Skipper(stats, cfg.strict)
     view = cfg.resolved_view
     known = [p.expected for p in todo]
     total = sum(known) if all(k is not None for k in known) else None
@@ -456,7 +468,8 @@ def _export_parts(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], ou
                 "source": str(p.url), "start": str(p.start)})
             records, skipped = [], 0
 
-        for pos, sample in enumerate(iter_raw(url)):
+        shard_stop = url_parts[-1].stop
+        for pos, sample in enumerate(iter_raw(url, skipper, shard_stop)):
             while part is not None and part.stop is not None and pos >= part.stop:
                 flush(part)
                 part = next(pending, None)
@@ -473,17 +486,18 @@ def _export_parts(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], ou
                 handle.collator.prepare(record)
                 records.append(record)
             except CorruptSample as e:
-                if cfg.strict:
-                    raise MmrepError(f"corrupt sample in {url}: {e.detail} (drop --strict to skip and count it)") from None
+                skipper.skip(e.reason, url, str(sample.get("__key__", "")), e.detail)  # raises when strict
                 skipped += 1
             bar.update(1)
             done += 1
         while part is not None:  # the shard ended: flush what remains
-            if part.stop is not None and part.start + len(records) + skipped != part.stop:
-                raise MmrepError(f"{url} holds fewer samples than its manifest says (part {part.name}); the shard set is damaged")
+            if part.stop is not None and part.start + len(records) + skipped < part.stop:
+                # a damaged shard (counted by the reader): its unread rows are skipped rows of their parts
+                skipped = part.stop - part.start - len(records)
             flush(part)
             part = next(pending, None)
     bar.close()
+    stats.report(f"export {cfg.shards}" + (f" (rank {os.environ.get('RANK')})" if os.environ.get("RANK") else ""))
     if show and done:
         dt = time.perf_counter() - t0
         print(f"exported {done} rows in {dt:.1f} s ({done / max(dt, 1e-9):.0f} items/s) on this rank")

@@ -55,6 +55,7 @@ class AugmentConfig:
     shard_size: int = 1000
     max_products: int = 0  # 0 = all
     unsafe_allow_eval_split: bool = False  # UNSAFE: augmenting val/test leaks generated data into evaluation
+    strict: bool = False  # fail on the first corrupt input sample / damaged shard instead of skipping and counting
 
     def __post_init__(self) -> None:
         for key in ("titles_per_product", "images_per_product", "max_products"):
@@ -469,7 +470,7 @@ def augment_shards(cfg: AugmentConfig, overwrite: bool = False, scorer: Consiste
     with atomic_dir(dest) as tmp:
         writer = ShardWriter(tmp, prefix=split, max_count=cfg.shard_size, kind="products")
         try:
-            for n, p in enumerate(iter_products(cfg.shards, stats=skipped)):
+            for n, p in enumerate(iter_products(cfg.shards, cfg.strict, skipped, verify_images=True)):
                 if cfg.max_products and n >= cfg.max_products:
                     break
                 guard_eval([p.split], cfg.unsafe_allow_eval_split)
@@ -478,7 +479,8 @@ def augment_shards(cfg: AugmentConfig, overwrite: bool = False, scorer: Consiste
         except BaseException:
             writer.abort()
             raise
-        stats = dict(job.stats, input_skipped=skipped.total)
+        skipped.report(f"augment {cfg.shards}")
+        stats = dict(job.stats, input_skipped=skipped.samples)
         manifest = writer.close({"augment": stats, "source": str(cfg.shards)})
         config.save_resolved(AugmentRun(cfg), tmp, "augment_config.yaml")
     return manifest

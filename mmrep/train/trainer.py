@@ -710,6 +710,8 @@ class Trainer:
                 self.save_checkpoint()
                 self._first_checkpoint_landed()
             self.export_encoder()
+            if self.loader is not None and self.loader.skip_stats.total:
+                logger.note(self.loader.skip_stats.summary(f"train data (rank {self.rank})"))
             logger.note(f"stopped at step {self.step}/{o.total_steps} ({stopped_by}); "
                         f"checkpoint {self.ckpt_dir / ckpt.tag_for(self.step)}, encoder {self.out_dir / 'encoder'}")
         except BaseException:

@@ -122,16 +122,17 @@ class SkipStats:
         return sum(v for k, v in self.counts().items() if k in self.SHARD_REASONS)
 
     def summary(self, what: str = "") -> str:
-        """The one line every command prints: samples skipped by reason, damaged shards and what they lost."""
+        """The one line every command prints: samples skipped, as corrupt (by reason) and as lost with damaged
+        shards (their samples past the damage, where a manifest gives the shard's count)."""
         c = self.counts()
         per_sample = {k: v for k, v in c.items() if k not in (*self.SHARD_REASONS, self.LOST)}
-        text = (f"{what}: " if what else "") + f"skipped {self.samples} corrupt samples"
+        parts = []
         if per_sample:
-            text += f" ({', '.join(f'{k}: {v}' for k, v in per_sample.items())})"
+            parts.append(f"{sum(per_sample.values())} corrupt ({', '.join(f'{k}: {v}' for k, v in per_sample.items())})")
         if self.damaged_shards:
             shards = ", ".join(f"{k}: {c[k]}" for k in self.SHARD_REASONS if k in c)
-            text += f"; {self.damaged_shards} damaged shards ({shards}) lost {c.get(self.LOST, 0)} more"
-        return text
+            parts.append(f"{c.get(self.LOST, 0)} lost with {self.damaged_shards} damaged shard(s) ({shards})")
+        return (f"{what}: " if what else "") + f"skipped {self.samples} samples" + (": " + ", ".join(parts) if parts else "")
 
     def report(self, what: str) -> None:
         """Print `summary(what)` when anything was skipped (one line, on stdout beside the command's results)."""

@@ -238,8 +238,7 @@ def test_missing_shard_is_counted_as_unreadable(tmp_path, collator):
     loader = eval_loader(DataConfig(shards=str(tmp_path / "v"), num_workers=0), collator)
     assert _ids(loader) == ["item-0", "item-1"]
     assert loader.skip_stats.counts() == {"unreadable_shard": 1, "lost_in_damaged_shard": 2}  # per the manifest
-    assert loader.skip_stats.summary() == ("skipped 2 corrupt samples; 1 damaged shards (unreadable_shard: 1) "
-                                           "lost 2 more")
+    assert loader.skip_stats.summary() == "skipped 2 samples: 2 lost with 1 damaged shard(s) (unreadable_shard: 1)"
     assert loader.skip_stats.examples[0]["shard"].endswith("v-000001.tar")
 
 

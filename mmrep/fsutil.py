@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from mmrep.errors import MmrepError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
@@ -29,16 +31,22 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, kind: str | None = None, legacy: tuple[str, ...] = ()) -> Iterator[Path]:
     """Build a directory under a temp name; it appears under `path` only when complete.
 
-    An existing `path` is replaced only after the new one is fully written.
+    An existing `path` is replaced only after the new one is fully written. With `kind` the new folder
+    gets the mmrep marker, and an existing non-empty `path` is only replaced if it is ours
+    (`check_replaceable`).
     """
     path = Path(path)
+    if kind is not None:
+        check_replaceable(path, True, legacy)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        if kind is not None:
+            write_marker(tmp, kind)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -110,3 +118,22 @@ def restore_aside(folder: str | Path, aside: str) -> None:
 
 def drop_aside(folder: str | Path, aside: str) -> None:
     shutil.rmtree(Path(folder) / aside, ignore_errors=True)
+
+
+def check_replaceable(path: str | Path, overwrite: bool, legacy: tuple[str, ...] = ()) -> Path:
+    """An output folder a command will replace as a whole: absent or empty is fine; a non-empty one needs
+    `--overwrite` and must be one mmrep wrote (the marker, or for folders from before it, all of `legacy`:
+    files only mmrep writes there). Call it before the work, so a refusal costs nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MmrepError(f"--out {path} is a file; give a folder")
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    ours = has_marker(path) or (bool(legacy) and all((path / name).exists() for name in legacy))
+    if not ours:
+        raise MmrepError(f"{path} is a non-empty folder that mmrep did not write (no {MARKER} file); choose another "
+                         "output folder (--overwrite only replaces mmrep's own outputs)")
+    if not overwrite:
+        raise MmrepError(f"output folder {path} already exists and is not empty; pass --overwrite to replace it or "
+                         "choose another one")
+    return path

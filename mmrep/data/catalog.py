@@ -21,10 +21,11 @@ from typing import Any, Iterator, Literal, Sequence
 from mmrep.config import from_dict, parse_override, read_yaml, save_resolved, set_dotted, to_dict
 from mmrep.data.shards import ShardWriter
 from mmrep.errors import MmrepError
-from mmrep.fsutil import MARKER, atomic_dir, atomic_write, has_marker, write_marker
+from mmrep.fsutil import atomic_dir, atomic_write, check_replaceable
 from mmrep.records import Product, sample_key
 
 SUMMARY = "import.json"
+IMPORT_FILES = (SUMMARY, "import_config.yaml")  # an import from before the mmrep marker is recognised by these
 log = logging.getLogger(__name__)
 
 
@@ -295,21 +296,12 @@ def import_catalog(cfg: ImportConfig, out: str | Path, overwrite: bool = False) 
     out = Path(out)
     if not cfg.table:
         raise MmrepError("no catalogue given: pass --csv FILE or --jsonl FILE (or --preset fashion)")
-    if out.exists() and not out.is_dir():
-        raise MmrepError(f"--out {out} is a file; give a folder for the shard sets")
-    if out.is_dir() and any(out.iterdir()):
-        # only a folder mmrep wrote is ever replaced (the marker; import.json + import_config.yaml before it)
-        ours = has_marker(out) or ((out / SUMMARY).is_file() and (out / "import_config.yaml").is_file())
-        if not ours:
-            raise MmrepError(f"--out {out} is a non-empty folder that mmrep did not write (no {MARKER} file); "
-                             "choose another --out (--overwrite only replaces an earlier import)")
-        if not overwrite:
-            raise MmrepError(f"output {out} already holds an import; pass --overwrite to replace it")
+    check_replaceable(out, overwrite, IMPORT_FILES)  # only an earlier import is ever replaced
     counts: dict[str, int] = Counter({k: 0 for k in ("rows", "skipped_no_id", "skipped_duplicate_id", "skipped_missing_image",
                                              "skipped_outside_images", "skipped_bad_image", "skipped_empty",
                                              "text_only", "missing_title", "default_split")})
     start = time.time()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "import", IMPORT_FILES) as tmp:
         writers: dict[str, ShardWriter] = {}
         try:
             for p in products_from_table(cfg, counts):
@@ -332,7 +324,6 @@ def import_catalog(cfg: ImportConfig, out: str | Path, overwrite: bool = False) 
         with atomic_write(tmp / SUMMARY, "w") as f:
             json.dump(summary, f, indent=1)
         save_resolved(cfg, tmp, "import_config.yaml")
-        write_marker(tmp, "import")
         _relax_permissions(tmp)
     return summary
 

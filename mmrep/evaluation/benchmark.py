@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from mmrep.errors import MmrepError
-from mmrep.fsutil import atomic_dir
+from mmrep.fsutil import atomic_dir, check_replaceable
 from mmrep.records import Product, Query, sample_key
 
 FORMAT = "mmrep-bench"
@@ -150,9 +150,7 @@ def write_benchmark(out: str | Path, name: str, items: Sequence[Product], querie
     from mmrep.data.shards import ShardWriter
     from mmrep.export.embeddings import query_sample
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise MmrepError(f"benchmark folder {out} already exists; pass --overwrite to replace it or choose another --out")
+    out = check_replaceable(out, overwrite, (BENCH_FILE,))
     if not items:
         raise MmrepError("the benchmark would have no items; check the source split")
     if not queries:
@@ -172,7 +170,7 @@ def write_benchmark(out: str | Path, name: str, items: Sequence[Product], querie
                        "classification": {c["field"]: len(c["classes"]) for c in labels["classification"]},
                        "attributes": {a["field"]: len(a["values"]) for a in labels["attributes"]}},
             "provenance": provenance | {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "benchmark", (BENCH_FILE,)) as tmp:
         with ShardWriter(tmp / "items", "items", shard_size, kind="products", mtime=0) as w:
             for p in items:
                 w.write({"__key__": sample_key(p.id), **p.to_sample()})

@@ -29,7 +29,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from mmrep import config
 from mmrep.errors import MmrepError
-from mmrep.fsutil import atomic_dir
+from mmrep.fsutil import atomic_dir, check_replaceable
 from mmrep.records import Product, sample_key
 
 EVAL_SPLITS = frozenset({"val", "valid", "validation", "dev", "test", "testing", "eval", "evaluation", "heldout"})
@@ -460,14 +460,13 @@ def augment_shards(cfg: AugmentConfig, overwrite: bool = False, scorer: Consiste
     dest = Path(cfg.out) / split
     if dest.resolve() == Path(cfg.shards).resolve():
         raise MmrepError(f"augment output {dest} is the input shard set; write a new set elsewhere")
-    if dest.exists() and not overwrite:
-        raise MmrepError(f"{dest} already exists; choose another --out or pass --overwrite")
+    check_replaceable(dest, overwrite, ("manifest.json", "augment_config.yaml"))
     if scorer is None:
         scorer = build_scorer(cfg.filter, cfg.filter_checkpoint)
     job = CoAugmenter(cfg, scorer)
     skipped = SkipStats()
     rng = random.Random(cfg.seed)
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, "augment", ("manifest.json", "augment_config.yaml")) as tmp:
         writer = ShardWriter(tmp, prefix=split, max_count=cfg.shard_size, kind="products")
         try:
             for n, p in enumerate(iter_products(cfg.shards, cfg.strict, skipped, verify_images=True)):

@@ -181,7 +181,8 @@ class _Skipper:
 
     def __call__(self, exn: Exception) -> bool:
         """webdataset handler for tar-level errors (webdataset appends the stream / url to `args`)."""
-        if isinstance(exn, CorruptSample):
+        if isinstance(exn, CorruptSample):  # our own strict-mode error passing through an outer stage
+            exn.args = exn.args[:1]  # webdataset appended (stream, url) to it: keep the one-line message
             raise exn
         args = [str(a) for a in exn.args]
         detail = args[0] if args else str(exn)

@@ -60,6 +60,11 @@ def test_export_make_bench_eval_and_image_search(damaged, encoder_dir, tmp_path,
                        "--no-progress", "--strict"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(r"corrupt sample in shard \S+train-000000.tar, sample item-003", err)
+    assert mmrep_main(["export", "--encoder", str(encoder_dir), "--shards", str(damaged / "train-000004.tar"),
+                       "--out", str(tmp_path / "s4"), "--no-progress", "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"mmrep: error: corrupt sample in shard \S+train-000004.tar: ReadError: unexpected end of data "
+                        r"\(strict mode; [^\n]*\)\n", err), err
 
     bench = tmp_path / "bench"
     assert mmrep_main(["eval", "mbe", "--make-bench", "--from-shards", str(damaged), "--out", str(bench)]) == 0

@@ -48,7 +48,7 @@ def quantize_main(argv: list[str]) -> int:
     """`mmrep quantize --emb DIR --out DIR`: RQ + VQ codes, codebooks and a quality report."""
     from mmrep import config as cfgmod
     from mmrep.application import quantize as q
-    from mmrep.application.embeddings import load_item_embeddings
+    from mmrep.application.embeddings import drop_non_finite, load_item_embeddings
     from mmrep.fsutil import atomic_dir
 
     config_path, overrides, rest = cfgmod.split_config_args(argv)
@@ -65,6 +65,7 @@ def quantize_main(argv: list[str]) -> int:
     p.add_argument("--codebooks", help="saved codebooks.safetensors (or its folder) for --encode-only")
     p.add_argument("--encode-only", action="store_true", help="encode with --codebooks, no training")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--strict", action="store_true", help="fail on an embedding row with NaN/inf instead of skipping it")
     args = p.parse_args(rest)
     if args.encode_only != bool(args.codebooks):
         raise MmrepError("--encode-only and --codebooks go together: encode-only needs saved codebooks")
@@ -74,7 +75,8 @@ def quantize_main(argv: list[str]) -> int:
     run = _build(QuantizeRun, config_path, overrides, flags)
     cfg = run.quantize
     out = _out_dir(args.out, args.overwrite, QUANTIZE_FILES)
-    ids, x = load_item_embeddings(args.emb, mmap=True)
+    ids, x = drop_non_finite(*load_item_embeddings(args.emb, mmap=True), strict=args.strict,
+                             what=f"quantize {args.emb}")
     books = q.load_codebooks(args.codebooks) if args.encode_only else None
     result = q.quantize(x, cfg, codebooks=books)
     with atomic_dir(out, "quantize", QUANTIZE_FILES) as tmp:

@@ -77,7 +77,7 @@ class SkipStats:
     """
 
     REASONS = ("truncated_tar", "unreadable_shard", "bad_image", "bad_json", "missing_field", "empty_sample", "other",
-               "lost_in_damaged_shard")
+               "non_finite", "lost_in_damaged_shard")
     SHARD_REASONS = ("truncated_tar", "unreadable_shard")  # events that cost a shard's remaining samples
     LOST = "lost_in_damaged_shard"  # samples past the break of a damaged shard (known from manifest counts)
     LOG_FIRST = 5  # per process; the rest are counted in the summary line only

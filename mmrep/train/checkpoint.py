@@ -118,8 +118,8 @@ def safe_load(path: str | Path, map_location: Any = "cpu") -> Any:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)|Unsupported (?:global|operand)[^\n]*?(\S+)", str(e))
-        what = f" ({found.group(1) or found.group(2)})" if found else ""
+        found = re.search(r"GLOBAL (\S+)", str(e)) or re.search(r"Unsupported operand (\S+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
         raise MmrepError(f"checkpoint file {path} holds objects outside the safe allow-list{what}; loading it could "
                          "run code. Resume only from checkpoints you trust; if you wrote this one, pass "
                          "--trust-checkpoint") from None

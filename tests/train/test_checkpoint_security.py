@@ -31,7 +31,7 @@ def plant(file: Path, marker: Path) -> None:
 def test_safe_load_refuses_a_payload_and_reads_tensors(tmp_path):
     marker = tmp_path / "marker"
     plant(tmp_path / "evil.pt", marker)
-    with pytest.raises(MmrepError, match=r"outside the safe allow-list.*--trust-checkpoint") as e:
+    with pytest.raises(MmrepError, match=r"outside the safe allow-list \(exec\).*--trust-checkpoint") as e:
         ckpt.safe_load(tmp_path / "evil.pt")
     assert "\n" not in str(e.value)
     assert not marker.exists()
@@ -73,6 +73,18 @@ def test_a_payload_in_any_checkpoint_file_never_runs_on_resume(th, tiny_world, t
             Trainer(th.config(tiny_world, run, **resume))
         assert "\n" not in str(e.value)
         assert not marker.exists(), f"the payload in {name} ran"
+    # a rank state in the format mmrep wrote before (numpy arrays inside a pickle) needs --trust-checkpoint
+    import random
+
+    import numpy as np
+
+    old = tmp_path / "old-format"
+    shutil.copytree(out, old)
+    torch.save({"rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+                "state": {"data_epoch": 0, "batches_in_epoch": 2}}, old / "checkpoints" / "global_step2" / "rank0_state.pt")
+    with pytest.raises(MmrepError, match=r"rank0_state.pt holds objects outside the safe allow-list \(numpy"):
+        Trainer(th.config(tiny_world, old, **resume))
+    assert Trainer(th.config(tiny_world, old, **resume, **{"checkpoint.trust": True})).step == 2
     # the untouched run resumes from its own (safe) files without --trust-checkpoint
     trainer = Trainer(th.config(tiny_world, out, **resume))
     assert trainer.step == 2 and trainer.resumed_from == "global_step2"

@@ -740,14 +740,21 @@ class Trainer:
             ctx = contextlib.nullcontext()
         path = self.out_dir / "encoder"
         with ctx:
+            from mmrep.model.moe import gather_experts
+
+            # expert parallelism: every rank contributes its experts; the export is a one-process (ep_size 1) model
+            state, gathered = gather_experts(encoder)
             if self.rank == 0:
                 # ZeRO keeps parameters as views into flat buffers (which safetensors refuses to save) and
                 # may hold them in bf16: export an fp32 copy built from the encoder's own config.
                 from mmrep.model import build_encoder
 
-                fresh = build_encoder(encoder.cfg, load_pretrained=False)
+                cfg = encoder.cfg
+                if gathered:
+                    cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, ep_size=1))
+                fresh = build_encoder(cfg, load_pretrained=False)
                 fresh.load_state_dict({k: v.detach().float().clone() if v.is_floating_point() else v.detach().clone()
-                                       for k, v in encoder.state_dict().items()})
+                                       for k, v in state.items()})
                 save_encoder(fresh.eval(), path)
         dist.barrier()
         return path

@@ -457,7 +457,9 @@ class Trainer:
             raise MmrepError(f"{self.out_dir} already holds a training run; pass --resume latest to continue it, "
                              "--overwrite=true to start over there, or choose another --output_dir")
         entries = self._own_entries()
-        if entries and not resume and not has_marker(self.out_dir):
+        # a run from before the marker is recognised by its checkpoints and resolved config
+        ours = has_marker(self.out_dir) or (has_run and (self.out_dir / "config.yaml").is_file())
+        if entries and not resume and not ours:
             raise MmrepError(f"output_dir {self.out_dir} is a non-empty folder that mmrep did not write (no {MARKER} "
                              "file); choose another --output_dir (--overwrite only replaces mmrep runs)")
         self._start_over = bool(entries) and not resume

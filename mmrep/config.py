@@ -30,21 +30,44 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
     return from_dict(cls, raw)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, resolving `_base_` includes."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping naming the same key twice (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1}); keep only one",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping, resolving `_base_` includes (a cycle or a duplicate key is a one-line error)."""
     path = Path(path)
     if not path.is_file():
-        raise MmrepError(f"config file not found: {path} (check the path passed to --config)")
+        named = f"_base_ in {_chain[-1]}" if _chain else "--config"
+        raise MmrepError(f"config file not found: {path} (check the path passed to {named})")
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise MmrepError(f"config file {path}: _base_ includes form a cycle ({cycle}); remove one _base_")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
-        raise MmrepError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        problem = getattr(e, "problem", None)
+        detail = problem if problem and "duplicate key" in problem else str(e).splitlines()[0]
+        raise MmrepError(f"config file {path} is not valid YAML: {detail}") from None
     if not isinstance(data, dict):
         raise MmrepError(f"config file {path} must hold a mapping at the top level")
     base = data.pop("_base_", None)
     if base is None:
         return data
-    merged = read_yaml(path.parent / base)
+    if not isinstance(base, str) or not base:
+        raise MmrepError(f"config file {path}: _base_ must be one file path (relative to {path.parent}), got {base!r}")
+    merged = read_yaml(path.parent / base, (*_chain, path.resolve()))
     deep_merge(merged, data)
     return merged
 

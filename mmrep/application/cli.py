@@ -33,18 +33,22 @@ def _build(cls, config_path, overrides, flags: dict):
     return cfgmod.from_dict(cls, raw)
 
 
-def _out_dir(path: str, overwrite: bool) -> Path:
-    out = Path(path)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise MmrepError(f"output folder {out} already exists and is not empty; pass --overwrite or pick another --out")
-    return out
+# files only these commands write: an output folder from before the marker is recognised by them
+QUANTIZE_FILES = ("codes.csv", "report.json")
+CTR_FILES = ("ctr.json", "ctr.md")
+
+
+def _out_dir(path: str, overwrite: bool, legacy: tuple[str, ...]) -> Path:
+    from mmrep.fsutil import check_replaceable
+
+    return check_replaceable(path, overwrite, legacy)
 
 
 def quantize_main(argv: list[str]) -> int:
     """`mmrep quantize --emb DIR --out DIR`: RQ + VQ codes, codebooks and a quality report."""
     from mmrep import config as cfgmod
     from mmrep.application import quantize as q
-    from mmrep.application.embeddings import load_item_embeddings
+    from mmrep.application.embeddings import drop_non_finite, load_item_embeddings
     from mmrep.fsutil import atomic_dir
 
     config_path, overrides, rest = cfgmod.split_config_args(argv)
@@ -63,6 +67,7 @@ def quantize_main(argv: list[str]) -> int:
     p.add_argument("--format", choices=["safetensors", "parquet"], default="safetensors",
                    help="parquet: also write codes.parquet (id, rq, vq, dedup)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--strict", action="store_true", help="fail on an embedding row with NaN/inf instead of skipping it")
     args = p.parse_args(rest)
     if args.encode_only != bool(args.codebooks):
         raise MmrepError("--encode-only and --codebooks go together: encode-only needs saved codebooks")
@@ -71,11 +76,12 @@ def quantize_main(argv: list[str]) -> int:
              "quantize.dedup": args.dedup, "quantize.train_sample": args.train_sample}
     run = _build(QuantizeRun, config_path, overrides, flags)
     cfg = run.quantize
-    out = _out_dir(args.out, args.overwrite)
-    ids, x = load_item_embeddings(args.emb, mmap=True)
+    out = _out_dir(args.out, args.overwrite, QUANTIZE_FILES)
+    ids, x = drop_non_finite(*load_item_embeddings(args.emb, mmap=True), strict=args.strict,
+                             what=f"quantize {args.emb}")
     books = q.load_codebooks(args.codebooks) if args.encode_only else None
     result = q.quantize(x, cfg, codebooks=books)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "quantize", QUANTIZE_FILES) as tmp:
         q.write_outputs(tmp, ids, result, cfg)
         if args.format == "parquet":
             from safetensors.numpy import load_file
@@ -110,14 +116,14 @@ def ctr_main(argv: list[str]) -> int:
     args = p.parse_args(rest)
     flags = {"ctr.seeds": args.seeds, "ctr.epochs": args.epochs}
     run = _build(ctr.CtrRun, config_path, overrides, flags)
-    out = _out_dir(args.out, args.overwrite)
+    out = _out_dir(args.out, args.overwrite, CTR_FILES)
     features = [f.strip() for f in args.features.split(",") if f.strip()]
     log = ctr.read_log(args.log)
     items = ctr.ItemFeatures.load(emb=args.emb, codes=args.codes)
     report = ctr.compare(log, items, features, run.ctr)
     from mmrep.fsutil import atomic_dir
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "ctr", CTR_FILES) as tmp:
         (tmp / "ctr.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "ctr.md").write_text(ctr.markdown(report))
         cfgmod.save_resolved(run, tmp)

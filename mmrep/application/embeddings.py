@@ -119,3 +119,24 @@ def _check(ids: list[str], array: np.ndarray, where: Path) -> tuple[list[str], n
     if len(set(ids)) != len(ids):
         raise MmrepError(f"{where}: item ids are not unique; de-duplicate them before quantizing")
     return ids, array
+
+
+def drop_non_finite(ids: list[str], x: np.ndarray, strict: bool = False, chunk: int = 65536,
+                    what: str = "embeddings") -> tuple[list[str], np.ndarray]:
+    """Rows holding NaN / inf (a damaged or diverged export) are skipped and counted with the shared
+    one-line summary, or refused when `strict`; a clean (memory-mapped) array is returned untouched."""
+    from mmrep.data.readers import SkipStats
+
+    bad = np.concatenate([~np.isfinite(x[s:s + chunk]).all(axis=1) for s in range(0, len(x), chunk)]) \
+        if len(x) else np.zeros(0, dtype=bool)
+    if not bad.any():
+        return ids, x
+    first = ids[int(np.argmax(bad))]
+    if strict:
+        raise MmrepError(f"{what}: item {first!r} has a non-finite embedding (strict mode; re-export it, or drop "
+                         "--strict to skip and count such rows)")
+    stats = SkipStats()
+    stats.record("non_finite", f"{what}: {int(bad.sum())} rows with NaN/inf (first: {first!r})", n=int(bad.sum()))
+    stats.report(what)
+    keep = np.flatnonzero(~bad)
+    return [ids[i] for i in keep], np.ascontiguousarray(x[keep])

@@ -11,6 +11,7 @@ import glob
 import io
 import itertools
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -22,10 +23,12 @@ from mmrep.config import from_dict, parse_override, read_yaml, save_resolved, se
 from mmrep.data.rows import WDS_IMAGES, attribute_items, field_paths, get_field, split_spec, text_of, wds_rows
 from mmrep.data.shards import ShardWriter
 from mmrep.errors import MmrepError
-from mmrep.fsutil import atomic_dir, atomic_write
+from mmrep.fsutil import atomic_dir, atomic_write, check_replaceable
 from mmrep.records import Product, sample_key
 
 SUMMARY = "import.json"
+IMPORT_FILES = (SUMMARY, "import_config.yaml")  # an import from before the mmrep marker is recognised by these
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +55,9 @@ class ImportConfig:
     keep_text_only: bool = False  # keep rows whose images are missing (as text-only items)
     shard_size: int = 10_000
     reencode: bool = False  # re-encode images as JPEG (quality 95) instead of storing original bytes
+    # image paths must stay inside `images` (after following symlinks); true reads any path the table names
+    allow_outside_images: bool = False
+    strict: bool = False  # fail on the first row with a bad image or a path outside `images`, naming the row
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
@@ -174,6 +180,42 @@ def _image_paths(cfg: ImportConfig, row: dict[str, Any], image_dir: Path) -> lis
     return [p for p in (image_dir / n for n in names) if p.is_file()]
 
 
+class RowError(Exception):
+    """A row that cannot be imported as written: skipped and counted, or fatal in strict mode."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _confined(paths: list[Path], image_dir: Path, allow_outside: bool) -> list[Path]:
+    """`paths` if each (symlinks followed) lies inside `image_dir`; a catalogue must not read other files."""
+    if allow_outside:
+        return paths
+    root = image_dir.resolve()
+    for p in paths:
+        if not p.resolve().is_relative_to(root):
+            inside_by_name = Path(os.path.normpath(p.absolute())).is_relative_to(image_dir.absolute())
+            what = "a symlink leaving" if inside_by_name else "outside"
+            raise RowError("skipped_outside_images", f"image path {str(p)!r} is {what} the image folder {image_dir} "
+                                                      "(pass --allow-outside-images to read it anyway)")
+    return paths
+
+
+def _checked_image(path: Path) -> bytes:
+    """The file's bytes after a full decode (a truncated or non-image file raises RowError)."""
+    from PIL import Image
+
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
+        raise RowError("skipped_bad_image", f"image {path} does not decode ({type(e).__name__}: "
+                                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return data
+
+
 def _reencode(data: bytes) -> bytes:
     from PIL import Image
 
@@ -200,7 +242,7 @@ def products_from_table(cfg: ImportConfig, counts: dict[str, int]) -> Iterator[P
         raise MmrepError(f"image folder not found: {image_dir} (check --images)")
     splits = _split_map(cfg) if cfg.splits_csv else None
     seen: set[str] = set()
-    for row in rows:
+    for n, row in enumerate(rows, 1):
         counts["rows"] += 1
         item_id = _text(get_field(row, cfg.id_col))
         if not item_id:
@@ -218,7 +260,16 @@ def products_from_table(cfg: ImportConfig, counts: dict[str, int]) -> Iterator[P
         if not split:
             counts["default_split"] += 1
             split = cfg.default_split
-        paths = _image_paths(cfg, row, image_dir)
+        try:
+            paths = _confined(_image_paths(cfg, row, image_dir), image_dir, cfg.allow_outside_images)
+            images = [_checked_image(p) for p in paths]
+        except RowError as e:
+            if cfg.strict:
+                raise MmrepError(f"{cfg.table} row {n} (id {item_id!r}): {e.detail} (strict mode; fix the row or "
+                                 "drop --strict to skip and count such rows)") from None
+            counts[e.reason] += 1
+            log.warning("skipped %s row %d (id %r): %s", cfg.table, n, item_id, e.detail)
+            continue
         shard_images = row.get(WDS_IMAGES, []) if not (cfg.image_col or cfg.image_pattern) else []
         if not paths and (cfg.image_col or cfg.image_pattern):
             if not cfg.keep_text_only:
@@ -226,7 +277,7 @@ def products_from_table(cfg: ImportConfig, counts: dict[str, int]) -> Iterator[P
                 counts[f"skipped_missing_image/{split}"] += 1
                 continue
             counts["text_only"] += 1
-        images = [p.read_bytes() for p in paths] + [data for _, data in shard_images]
+        images += [data for _, data in shard_images]
         exts = [p.suffix.lstrip(".").lower() or "jpg" for p in paths] + [ext for ext, _ in shard_images]
         if cfg.reencode:
             images = [_reencode(b) for b in images]
@@ -256,12 +307,12 @@ def import_catalog(cfg: ImportConfig, out: str | Path, overwrite: bool = False) 
     out = Path(out)
     if not cfg.table:
         raise MmrepError("no catalogue given: pass --csv FILE or --jsonl FILE (or --preset fashion)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise MmrepError(f"output {out} already exists and is not empty; pass --overwrite to replace it")
+    check_replaceable(out, overwrite, IMPORT_FILES)  # only an earlier import is ever replaced
     counts: dict[str, int] = Counter({k: 0 for k in ("rows", "skipped_no_id", "skipped_duplicate_id", "skipped_missing_image",
-                                             "skipped_empty", "text_only", "missing_title", "default_split")})
+                                             "skipped_outside_images", "skipped_bad_image", "skipped_empty",
+                                             "text_only", "missing_title", "default_split")})
     start = time.time()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "import", IMPORT_FILES) as tmp:
         writers: dict[str, ShardWriter] = {}
         try:
             for p in products_from_table(cfg, counts):

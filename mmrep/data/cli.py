@@ -44,7 +44,11 @@ def import_main(argv: list[str]) -> int:
     ap.add_argument("--shard-size", type=int)
     ap.add_argument("--keep-text-only", action="store_true", default=None, help="keep rows without image files")
     ap.add_argument("--reencode", action="store_true", default=None, help="re-encode images as JPEG q95")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier import in --out")
+    ap.add_argument("--allow-outside-images", action="store_true", default=None,
+                    help="read image paths outside --images too (by default they are skipped and counted)")
+    ap.add_argument("--strict", action="store_true", default=None,
+                    help="fail on the first row with an undecodable image or a path outside --images")
     args = ap.parse_args(rest)
 
     cfg = resolve_import_config(
@@ -55,7 +59,8 @@ def import_main(argv: list[str]) -> int:
         image_col=args.image_col, image_pattern=args.image_pattern, category_cols=_cols(args.category_cols),
         attribute_cols=_cols(args.attribute_cols), label_cols=_cols(args.label_cols), split_col=args.split_col,
         splits_csv=args.splits_csv, default_split=args.default_split, shard_size=args.shard_size,
-        keep_text_only=args.keep_text_only, reencode=args.reencode)
+        keep_text_only=args.keep_text_only, reencode=args.reencode,
+        allow_outside_images=args.allow_outside_images, strict=args.strict)
     summary = import_catalog(cfg, args.out, overwrite=args.overwrite)
     splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
     skipped = {k: v for k, v in summary.items() if k.startswith("skipped_") and v}

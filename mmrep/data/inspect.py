@@ -12,10 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
 from PIL import Image
 
-from mmrep.data.readers import SkipStats, _Skipper, count_samples, decode_sample, resolve_shards
+from mmrep.data.readers import (ShardSamples, SkipStats, _Skipper, count_samples, decode_sample, resolve_shards,
+                                 shard_counts)
 from mmrep.data.shards import MANIFEST
 from mmrep.data.transforms import CorruptSample
 from mmrep.errors import MmrepError
@@ -66,12 +66,14 @@ def inspect_set(folder: str | Path, verify: bool = True, limit: int | None = Non
     n_products = n_triplets = 0
     negatives: Counter = Counter()
     urls = resolve_shards(folder)
+    counts = shard_counts(urls)
     logger = logging.getLogger("mmrep.data.readers")
     level = logger.level
     logger.setLevel(logging.ERROR)  # every skip is reported in the result instead of logged
     try:
         for url in urls:
-            for sample in wds.tarfile_to_samples(handler=skipper)(iter([{"url": url}])):
+            # the shared reader: a damaged shard also counts the samples its manifest says were lost with it
+            for sample in ShardSamples(skipper, counts)(iter([{"url": url}])):
                 if limit is not None and n_products + n_triplets >= limit:
                     break
                 key = str(sample.get("__key__", ""))
@@ -121,6 +123,8 @@ def inspect_set(folder: str | Path, verify: bool = True, limit: int | None = Non
         "image_size_hist": {k: bins[k] for k in _bin_order() if bins[k]},
         "image_sizes_top": dict(sizes.most_common(10)),
         "corrupt": stats.counts(),
+        "skipped_samples": stats.samples,  # corrupt samples + samples lost with damaged shards
+        "damaged_shards": stats.damaged_shards,
         "corrupt_samples": stats.examples,
     }
 
@@ -149,12 +153,14 @@ def inspect_shards(root: str | Path, verify: bool = True, limit: int | None = No
     sets = {name: inspect_set(d, verify, limit) for name, d in shard_sets(root).items()}
     return {"root": str(root), "sets": sets,
             "total": sum(s["products"] + s["triplets"] for s in sets.values()),
-            "corrupt_total": sum(sum(s["corrupt"].values()) for s in sets.values())}
+            "corrupt_total": sum(s["skipped_samples"] for s in sets.values()),
+            "damaged_shards": sum(s["damaged_shards"] for s in sets.values())}
 
 
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text rendering of `inspect_shards`' result."""
-    lines = [f"{report['root']}: {report['total']} samples, {report['corrupt_total']} corrupt"]
+    lines = [f"{report['root']}: {report['total']} samples, {report['corrupt_total']} corrupt or lost"
+             + (f" ({report['damaged_shards']} damaged shards)" if report.get("damaged_shards") else "")]
     for name, s in report["sets"].items():
         exp = f" (manifest/stats say {s['expected']})" if s["expected"] is not None else ""
         lines.append(f"\n[{name}] {s['shards']} shards, {s['products']} products, {s['triplets']} triplets{exp}")

@@ -83,7 +83,11 @@ class SkipStats:
     first few messages seen in this process.
     """
 
-    REASONS = ("truncated_tar", "unreadable_shard", "bad_image", "bad_json", "missing_field", "empty_sample", "other")
+    REASONS = ("truncated_tar", "unreadable_shard", "bad_image", "bad_json", "missing_field", "empty_sample", "other",
+               "non_finite", "lost_in_damaged_shard")
+    SHARD_REASONS = ("truncated_tar", "unreadable_shard")  # events that cost a shard's remaining samples
+    LOST = "lost_in_damaged_shard"  # samples past the break of a damaged shard (known from manifest counts)
+    LOG_FIRST = 5  # per process; the rest are counted in the summary line only
 
     def __init__(self, max_examples: int = 20):
         self._counts = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Array(
@@ -91,14 +95,16 @@ class SkipStats:
         self.examples: list[dict[str, str]] = []  # {"reason", "shard", "key", "message"}
         self.max_examples = max_examples
 
-    def record(self, reason: str, message: str, shard: str = "", key: str = "") -> None:
+    def record(self, reason: str, message: str, shard: str = "", key: str = "", n: int = 1) -> None:
         reason = reason if reason in self.REASONS else "other"
         i = self.REASONS.index(reason)
         with self._counts.get_lock():
-            self._counts[i] += 1
+            self._counts[i] += n
+        self._seen = getattr(self, "_seen", 0) + 1
         if len(self.examples) < self.max_examples:
             self.examples.append({"reason": reason, "shard": shard, "key": key, "message": message})
-        log.warning("skipped corrupt sample (%s): %s", reason, message)
+        log.log(logging.WARNING if self._seen <= self.LOG_FIRST else logging.DEBUG,
+                "skipped corrupt sample (%s): %s", reason, message)
 
     def counts(self) -> dict[str, int]:
         with self._counts.get_lock():
@@ -113,13 +119,43 @@ class SkipStats:
         c = self.counts()
         return {prefix: sum(c.values())} | {f"{prefix}/{k}": v for k, v in c.items()}
 
-    def summary(self) -> str:
+    @property
+    def samples(self) -> int:
+        """Samples not delivered: corrupt ones plus those lost with damaged shards (where counts are known)."""
+        return sum(v for k, v in self.counts().items() if k not in self.SHARD_REASONS)
+
+    @property
+    def damaged_shards(self) -> int:
+        return sum(v for k, v in self.counts().items() if k in self.SHARD_REASONS)
+
+    def summary(self, what: str = "") -> str:
+        """The one line every command prints: samples skipped, as corrupt (by reason) and as lost with damaged
+        shards (their samples past the damage, where a manifest gives the shard's count)."""
         c = self.counts()
-        return f"skipped {sum(c.values())} corrupt samples" + (f" ({', '.join(f'{k}: {v}' for k, v in c.items())})" if c else "")
+        per_sample = {k: v for k, v in c.items() if k not in (*self.SHARD_REASONS, self.LOST)}
+        parts = []
+        if per_sample:
+            parts.append(f"{sum(per_sample.values())} corrupt ({', '.join(f'{k}: {v}' for k, v in per_sample.items())})")
+        if self.damaged_shards:
+            shards = ", ".join(f"{k}: {c[k]}" for k in self.SHARD_REASONS if k in c)
+            parts.append(f"{c.get(self.LOST, 0)} lost with {self.damaged_shards} damaged shard(s) ({shards})")
+        return (f"{what}: " if what else "") + f"skipped {self.samples} samples" + (": " + ", ".join(parts) if parts else "")
+
+    def report(self, what: str) -> None:
+        """Print `summary(what)` when anything was skipped (one line, on stdout beside the command's results)."""
+        if self.total:
+            print(self.summary(what), flush=True)
 
     def __getstate__(self) -> dict:
         # Pickled into spawned workers by inheritance; the examples list stays per process.
         return {"_counts": self._counts, "examples": [], "max_examples": self.max_examples}
+
+    def merge(self, other: "SkipStats") -> None:
+        for reason, n in other.counts().items():
+            i = self.REASONS.index(reason)
+            with self._counts.get_lock():
+                self._counts[i] += n
+        self.examples.extend(other.examples[: max(0, self.max_examples - len(self.examples))])
 
 
 class _Skipper:
@@ -136,8 +172,8 @@ class _Skipper:
     def skip(self, reason: str, shard: str, key: str, detail: str) -> None:
         where = f"shard {shard or '?'}" + (f", sample {key}" if key else "")
         if self.strict:
-            raise CorruptSample(f"corrupt sample in {where}: {detail} (strict mode; fix the shard or set "
-                                "data.strict=false to skip corrupt samples)", key=key, shard=shard, reason=reason,
+            raise CorruptSample(f"corrupt sample in {where}: {detail} (strict mode; fix the shard, or turn strict "
+                                "off to skip and count corrupt samples)", key=key, shard=shard, reason=reason,
                                 detail=detail)
         self.stats.record(reason, f"{where}: {detail}", shard, key)
         self.consecutive += 1
@@ -145,9 +181,15 @@ class _Skipper:
             raise MmrepError(f"{self.consecutive} corrupt samples/shards in a row (last: {where}: {detail}); the shard "
                              "set looks unreadable: run `mmrep data inspect` on it")
 
+    def lost(self, shard: str, n: int) -> None:
+        """`n` samples of a damaged shard were never read (its manifest says how many it held)."""
+        if n > 0:
+            self.stats.record(SkipStats.LOST, f"shard {shard}: {n} samples lost after the damage", shard, n=n)
+
     def __call__(self, exn: Exception) -> bool:
         """webdataset handler for tar-level errors (webdataset appends the stream / url to `args`)."""
-        if isinstance(exn, CorruptSample):
+        if isinstance(exn, CorruptSample):  # our own strict-mode error passing through an outer stage
+            exn.args = exn.args[:1]  # webdataset appended (stream, url) to it: keep the one-line message
             raise exn
         args = [str(a) for a in exn.args]
         detail = args[0] if args else str(exn)
@@ -170,6 +212,70 @@ class _Skipper:
         self._last_truncated = shard if from_member and reason == "truncated_tar" else None
         self.skip(reason, shard, "", f"{type(exn).__name__}: {detail}")
         return True
+
+
+def shard_counts(urls: Sequence[str]) -> dict[str, int]:
+    """Samples per shard where known: manifest.json counts, or img2dataset `<shard>_stats.json` successes."""
+    counts: dict[str, int] = {}
+    for d in dict.fromkeys(Path(u).parent for u in urls):
+        if (d / MANIFEST).is_file():
+            for entry in read_manifest(d).get("shards", []):
+                counts[str(d / entry["name"])] = int(entry["count"])
+    for u in urls:
+        stats = Path(u).with_name(Path(u).stem + "_stats.json")
+        if str(Path(u)) not in counts and stats.is_file():
+            try:
+                counts[str(Path(u))] = int(json.loads(stats.read_text())["successes"])
+            except (ValueError, KeyError, TypeError):
+                pass
+    return counts
+
+
+class ShardSamples:
+    """Pipeline stage {"url"} -> raw samples: reads each shard with `skipper` as the tar error handler and,
+    when a damaged shard yields fewer samples than its manifest count, records the rest as lost.
+
+    `owner` (a callable, evaluated in the worker) says whether this reader does the counting: in eval
+    "sample" mode every (rank, worker) reads every shard and only one of them may count its damage."""
+
+    def __init__(self, skipper: "_Skipper", counts: dict[str, int], owner: Callable[[], bool] | None = None):
+        self.skipper, self.counts, self.owner = skipper, counts, owner
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
+        counting = self.owner is None or self.owner()
+        handler = self.skipper if counting or self.skipper.strict else _Skipper(SkipStats(), False)
+        for item in src:
+            url, n = str(item["url"]), 0
+            for sample in wds.tarfile_to_samples(handler=handler)(iter([item])):
+                n += 1
+                yield sample
+            expected = self.counts.get(str(Path(url)))
+            if counting and expected is not None and n < expected:
+                if self.skipper.strict:
+                    raise CorruptSample(f"shard {url} is damaged: {n} of its {expected} samples are readable (strict "
+                                        "mode; re-write the shard or drop strict to skip it)", shard=url,
+                                        reason="truncated_tar")
+                handler.lost(url, expected - n)
+
+
+def check_images(record: "Product | Triplet | Any") -> None:
+    """Fully decode every image a record carries; CorruptSample(bad_image) names the first that fails."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(record, Triplet):
+        groups = [record.query.images, record.positive.images, *(n.images for n in record.negatives)]
+    else:
+        groups = [getattr(record, "images", [])]
+    for images in groups:
+        for k, data in enumerate(images):
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    im.load()
+            except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+                detail = f"image {k} does not decode ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                raise CorruptSample(detail, reason="bad_image", detail=detail) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,14 +437,19 @@ class _Decode:
         for sample in src:
             try:
                 record = decode_sample(sample)
-                if self.kind == "products" and not isinstance(record, Product):
-                    raise CorruptSample("a triplet sample in a product shard set", reason="other")
-                if self.kind == "triplets" and not isinstance(record, Triplet):
-                    raise CorruptSample("a product sample in a triplet shard set", reason="other")
+                want = {"products": Product, "triplets": Triplet}.get(self.kind or "")
+                if want is not None and not isinstance(record, want):
+                    # the wrong kind of shard set is a configuration mistake, not corruption: stop at once
+                    shard = str(sample.get("__url__", ""))
+                    got = "triplets" if isinstance(record, Triplet) else "products"
+                    raise CorruptSample(f"shard {shard} holds {got}, but this stage reads {self.kind}; "
+                                        f"{_KIND_HINT[self.kind]}", shard=shard, reason="wrong_kind")
                 prepared = self.collator.prepare(record)
                 self.skipper.consecutive = 0
                 yield prepared
             except CorruptSample as e:
+                if e.reason == "wrong_kind":
+                    raise
                 shard, key = str(sample.get("__url__", "")), str(sample.get("__key__", ""))
                 self.skipper.skip(e.reason, shard, key, e.detail)
 
@@ -362,6 +473,19 @@ class _EpochCut:
 
 # ---------------------------------------------------------------------------------------------
 # loaders
+
+_KIND_HINT = {"products": "point data.shards at a product set (e.g. items/train) or use --stage posttrain",
+              "triplets": "point data.shards at a triplet set (e.g. triplets/train) or use --stage pretrain"}
+
+
+def check_kind(urls: Sequence[str], kind: str | None) -> None:
+    """A shard set whose manifest names another kind than the stage reads -> one clear error up front."""
+    if kind not in _KIND_HINT:
+        return
+    for d in dict.fromkeys(Path(u).parent for u in urls):
+        got = json.loads((d / MANIFEST).read_text()).get("kind") if (d / MANIFEST).is_file() else None
+        if got in _KIND_HINT and got != kind:
+            raise MmrepError(f"shard set {d} holds {got}, but this stage reads {kind}; {_KIND_HINT[kind]}")
 
 
 class Loader:
@@ -410,6 +534,10 @@ def _last_line(text: str) -> str:
     return line.split(prefix, 1)[1] if prefix in line else line
 
 
+def _first_reader(rank: int) -> bool:
+    return rank == 0 and _worker()[0] == 0
+
+
 def resolve_shards(source: str | Path | Sequence[str | Path]) -> list[str]:
     """A shard-set folder, a .tar file, or a list of either -> tar paths."""
     if isinstance(source, (list, tuple)):
@@ -456,6 +584,7 @@ def train_loader(cfg: DataConfig, collator: Collator, rank: int | None = None, w
     (epoch_length // batch_size), whatever the shard sizes; otherwise one pass over this rank's shards."""
     rank, world = dist_rank_world(rank, world_size)
     urls = resolve_shards(shards if shards is not None else cfg.shards)
+    check_kind(urls, kind)
     workers = max(cfg.num_workers, 1)
     state, stats = _EpochState(), SkipStats()
     skipper = _Skipper(stats, cfg.strict)
@@ -478,7 +607,7 @@ def train_loader(cfg: DataConfig, collator: Collator, rank: int | None = None, w
         n_batches = None
         source = [_ShardList(urls, True, cfg.seed, state), partial(split_by_rank, rank=rank, world_size=world),
                   wds.split_by_worker]
-    stages = source + [wds.tarfile_to_samples(handler=skipper)]
+    stages = source + [ShardSamples(skipper, shard_counts(urls))]
     if cfg.shuffle_buffer > 1:
         stages.append(_Shuffle(cfg.shuffle_buffer, cfg.seed, rank, state))
     stages += [_Decode(collator, skipper, kind), wds.batched(cfg.batch_size, collation_fn=collator.collate, partial=False)]
@@ -492,16 +621,18 @@ def eval_loader(cfg: DataConfig, collator: Collator, rank: int | None = None, wo
     """In-order batches; every sample is read by exactly one (rank, worker) across the job."""
     rank, world = dist_rank_world(rank, world_size)
     urls = resolve_shards(shards if shards is not None else cfg.shards)
+    check_kind(urls, kind)
     workers = max(cfg.num_workers, 1)
     state, stats = _EpochState(), SkipStats()
     skipper = _Skipper(stats, cfg.strict)
     by_shard = cfg.eval_split == "shard" or (cfg.eval_split == "auto" and len(urls) >= world * workers)
+    counts = shard_counts(urls)
     if by_shard:
         stages: list[Any] = [_ShardList(urls, False, cfg.seed, state),
                              partial(split_by_rank, rank=rank, world_size=world), wds.split_by_worker,
-                             wds.tarfile_to_samples(handler=skipper)]
+                             ShardSamples(skipper, counts)]
     else:  # too few shards to split: every (rank, worker) reads all of them and keeps its residue class
-        stages = [_ShardList(urls, False, cfg.seed, state), wds.tarfile_to_samples(handler=skipper),
+        stages = [_ShardList(urls, False, cfg.seed, state), ShardSamples(skipper, counts, partial(_first_reader, rank)),
                   _SampleModulo(rank, world)]
     stages += [_Decode(collator, skipper, kind), wds.batched(cfg.batch_size, collation_fn=collator.collate, partial=True)]
     return Loader(wds.DataPipeline(*stages), cfg.num_workers, state, stats, None, rank, world)
@@ -512,28 +643,35 @@ def eval_loader(cfg: DataConfig, collator: Collator, rank: int | None = None, wo
 
 
 def iter_records(source: str | Path | Sequence[str | Path], strict: bool = False,
-                 stats: SkipStats | None = None) -> Iterator[Product | Triplet]:
-    """Every decodable record of a shard set, in shard order, in this process."""
+                 stats: SkipStats | None = None, verify_images: bool = False) -> Iterator[Product | Triplet]:
+    """Every decodable record of a shard set, in shard order, in this process (the shared reader of every
+    command that is not a training/eval loader): corrupt samples and damaged shards are skipped and counted
+    in `stats` (`stats.report(...)` prints the one summary line), or fail at once when `strict`.
+    `verify_images` decodes every image too, for consumers that use the pixels."""
     skipper = _Skipper(stats if stats is not None else SkipStats(), strict)
-    for url in resolve_shards(source):
-        for sample in wds.tarfile_to_samples(handler=skipper)(iter([{"url": url}])):
-            try:
-                yield decode_sample(sample)
-            except CorruptSample as e:
-                skipper.skip(e.reason, url, str(sample.get("__key__", "")), e.detail)
+    urls = resolve_shards(source)
+    for sample in ShardSamples(skipper, shard_counts(urls))({"url": u} for u in urls):
+        try:
+            record = decode_sample(sample)
+            if verify_images:
+                check_images(record)
+            skipper.consecutive = 0
+            yield record
+        except CorruptSample as e:
+            skipper.skip(e.reason, str(sample.get("__url__", "")), str(sample.get("__key__", "")), e.detail)
 
 
 def iter_products(source: str | Path | Sequence[str | Path], strict: bool = False,
-                  stats: SkipStats | None = None) -> Iterator[Product]:
+                  stats: SkipStats | None = None, verify_images: bool = False) -> Iterator[Product]:
     """Products of a shard set (mmrep or img2dataset layout); corrupt samples skipped and counted."""
-    for r in iter_records(source, strict, stats):
+    for r in iter_records(source, strict, stats, verify_images):
         if isinstance(r, Product):
             yield r
 
 
 def iter_triplets(source: str | Path | Sequence[str | Path], strict: bool = False,
-                  stats: SkipStats | None = None) -> Iterator[Triplet]:
-    for r in iter_records(source, strict, stats):
+                  stats: SkipStats | None = None, verify_images: bool = False) -> Iterator[Triplet]:
+    for r in iter_records(source, strict, stats, verify_images):
         if isinstance(r, Triplet):
             yield r
 

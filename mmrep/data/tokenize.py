@@ -89,7 +89,7 @@ class ProductTokenizer:
             path = resolve_model_dir(cfg.path, "model.tokenizer.path")
             if not Path(path).is_dir():
                 raise MmrepError(f"tokenizer.path {cfg.path!r} is not a directory; point it at a local HF tokenizer")
-            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
             self._encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]
             # BERT-style: [CLS] ... [SEP]; Llama-style: <s> ... </s>; Qwen2(-VL) ships no bos: text ... <|im_end|>
             self.sot_id = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id

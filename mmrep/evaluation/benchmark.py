@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from mmrep.errors import MmrepError
-from mmrep.fsutil import atomic_dir
+from mmrep.fsutil import atomic_dir, check_replaceable
 from mmrep.records import Product, Query, sample_key
 
 FORMAT = "mmrep-bench"
@@ -150,9 +150,7 @@ def write_benchmark(out: str | Path, name: str, items: Sequence[Product], querie
     from mmrep.data.shards import ShardWriter
     from mmrep.export.embeddings import query_sample
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise MmrepError(f"benchmark folder {out} already exists; pass --overwrite to replace it or choose another --out")
+    out = check_replaceable(out, overwrite, (BENCH_FILE,))
     if not items:
         raise MmrepError("the benchmark would have no items; check the source split")
     if not queries:
@@ -172,7 +170,7 @@ def write_benchmark(out: str | Path, name: str, items: Sequence[Product], querie
                        "classification": {c["field"]: len(c["classes"]) for c in labels["classification"]},
                        "attributes": {a["field"]: len(a["values"]) for a in labels["attributes"]}},
             "provenance": provenance | {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "benchmark", (BENCH_FILE,)) as tmp:
         with ShardWriter(tmp / "items", "items", shard_size, kind="products", mtime=0) as w:
             for p in items:
                 w.write({"__key__": sample_key(p.id), **p.to_sample()})
@@ -190,21 +188,23 @@ def write_benchmark(out: str | Path, name: str, items: Sequence[Product], querie
 
 def from_catalogue(shards: str | Path, out: str | Path, name: str = "", classification: Sequence[str] = FASHION_CLASSIFICATION,
                    attributes: Sequence[str] = FASHION_ATTRIBUTES, max_items: int = 0, seed: int = 0,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, strict: bool = False) -> dict:
     """A product shard set (e.g. Fashion test split) -> benchmark.
 
     Per item one query: text = the title (t→mm, t→i), image = a user-photo-like view of the first
     image (i→mm, i→t), both (mm→mm); ground truth = the item. Classification / attribute labels
     come from the items' labels (or attributes).
     """
-    from mmrep.data.readers import iter_products
+    from mmrep.data.readers import SkipStats, iter_products
 
     fields = [*classification, *attributes]
     items: list[Product] = []
-    for p in iter_products(str(shards)):
+    skipped = SkipStats()
+    for p in iter_products(str(shards), strict, skipped, verify_images=True):
         items.append(strip_evaluated(p, fields))
         if max_items and len(items) >= max_items:
             break
+    skipped.report(f"make-bench {shards}")
     queries = []
     for p in items:
         images = [user_photo(p.images[0], _seed(seed, p.id))] if p.images else []
@@ -222,10 +222,10 @@ def from_catalogue(shards: str | Path, out: str | Path, name: str = "", classifi
 
 def from_world(world: str | Path, out: str | Path, split: str = "test", name: str = "",
                classification: Sequence[str] = WORLD_CLASSIFICATION, attributes: Sequence[str] = WORLD_ATTRIBUTES,
-               overwrite: bool = False) -> dict:
+               overwrite: bool = False, strict: bool = False) -> dict:
     """The built-in world's `split` -> benchmark: triplet queries (ground truth = their purchases),
     gallery = items/<split> plus every purchased item the queries point to."""
-    from mmrep.data.readers import iter_products, iter_triplets
+    from mmrep.data.readers import SkipStats, iter_products, iter_triplets
 
     world = Path(world)
     tdir, idir = world / "triplets" / split, world / "items" / split
@@ -233,9 +233,11 @@ def from_world(world: str | Path, out: str | Path, split: str = "test", name: st
         if not d.is_dir():
             raise MmrepError(f"{d} not found: --from-world needs a folder written by `mmrep data synth`")
     fields = [*classification, *attributes]
-    items: dict[str, Product] = {p.id: strip_evaluated(p, fields) for p in iter_products(str(idir))}
+    skipped = SkipStats()
+    items: dict[str, Product] = {p.id: strip_evaluated(p, fields)
+                                 for p in iter_products(str(idir), strict, skipped, verify_images=True)}
     queries: dict[str, Query] = {}
-    for t in iter_triplets(str(tdir)):
+    for t in iter_triplets(str(tdir), strict, skipped, verify_images=True):
         if t.positive.id not in items:
             items[t.positive.id] = strip_evaluated(t.positive, fields)
         q = queries.get(t.query.id)
@@ -246,6 +248,7 @@ def from_world(world: str | Path, out: str | Path, split: str = "test", name: st
         for i in [*t.query.item_ids, t.positive.id]:
             if i not in q.item_ids and i in items:
                 q.item_ids.append(i)
+    skipped.report(f"make-bench {world}")
     item_list = list(items.values())
     labels = label_spaces(item_list, classification, attributes)
     provenance = {"converter": "world", "source": str(world), "split": split,
@@ -266,11 +269,13 @@ def _shard_count(d: Path) -> int | None:
     return int(json.loads(manifest.read_text()).get("count", 0)) if manifest.is_file() else None
 
 
-def load_benchmark(path: str | Path) -> Benchmark:
-    """Read a benchmark folder; MmrepError when it is missing, foreign or empty."""
-    from mmrep.data.readers import iter_products
+def load_benchmark(path: str | Path, strict: bool = False) -> Benchmark:
+    """Read a benchmark folder; MmrepError when it is missing, foreign or empty. Corrupt items / queries
+    (images included) are skipped and counted with one summary line, or fail when `strict`."""
+    from mmrep.data.readers import ShardSamples, SkipStats, _Skipper, check_images, iter_products, shard_counts
     from mmrep.data.shards import shard_paths
-    from mmrep.export.embeddings import decode_record, iter_raw
+    from mmrep.data.transforms import CorruptSample
+    from mmrep.export.embeddings import decode_record
 
     path = Path(path)
     if not path.is_dir():
@@ -288,13 +293,21 @@ def load_benchmark(path: str | Path) -> Benchmark:
     for sub in ("items", "queries"):
         if _shard_count(path / sub) == 0:
             raise MmrepError(f"benchmark {path} is empty: {sub}/ holds no samples; rebuild it with `mmrep eval mbe --make-bench`")
-    items = list(iter_products(str(path / "items")))
+    skipped = SkipStats()
+    items = list(iter_products(str(path / "items"), strict, skipped, verify_images=True))
     queries: list[Query] = []
-    for url in shard_paths(path / "queries"):
-        for sample in iter_raw(url):
+    skipper = _Skipper(skipped, strict)
+    urls = shard_paths(path / "queries")
+    for sample in ShardSamples(skipper, shard_counts(urls))({"url": u} for u in urls):
+        try:
             record = decode_record(sample)
-            if isinstance(record, Query):
-                queries.append(record)
+            check_images(record)
+        except CorruptSample as e:
+            skipper.skip(e.reason, str(sample.get("__url__", "")), str(sample.get("__key__", "")), e.detail)
+            continue
+        if isinstance(record, Query):
+            queries.append(record)
+    skipped.report(f"benchmark {path}")
     if not items:
         raise MmrepError(f"benchmark {path} is empty: items/ holds no products")
     if not queries:

@@ -89,6 +89,8 @@ def mbe_parser() -> argparse.ArgumentParser:
     p.add_argument("--items-emb", help="precomputed mm item embeddings (mmrep export of BENCH/items); one encoder only")
     p.add_argument("--out", help="report folder (report.json + report.md) / benchmark folder with --make-bench")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on the first corrupt sample or damaged shard instead of skipping and counting it")
     return p
 
 
@@ -109,11 +111,11 @@ def mbe_main(argv: list[str]) -> int:
             meta = bm.from_catalogue(args.from_shards, args.out, args.name,
                                      _csv_list(args.classify, bm.FASHION_CLASSIFICATION),
                                      _csv_list(args.attributes, bm.FASHION_ATTRIBUTES), args.max_items, args.seed,
-                                     args.overwrite)
+                                     args.overwrite, strict=args.strict)
         else:
             meta = bm.from_world(args.from_world, args.out, args.split, args.name,
                                  _csv_list(args.classify, bm.WORLD_CLASSIFICATION),
-                                 _csv_list(args.attributes, bm.WORLD_ATTRIBUTES), args.overwrite)
+                                 _csv_list(args.attributes, bm.WORLD_ATTRIBUTES), args.overwrite, strict=args.strict)
         print(f"wrote benchmark {meta['name']} to {args.out}: {json.dumps(meta['counts'])}")
         return 0
     if not args.bench:
@@ -122,7 +124,7 @@ def mbe_main(argv: list[str]) -> int:
     if args.items_emb and len(specs) != 1:
         raise MmrepError("--items-emb holds one encoder's embeddings: pass exactly one --encoder with it")
     out = _check_out(args.out, "report", args.overwrite)
-    bench = bm.load_benchmark(args.bench)
+    bench = bm.load_benchmark(args.bench, strict=args.strict)
     handles = _open_encoders(specs, args.seed, cfg.max_images)
     item_emb = None
     if args.items_emb:
@@ -173,6 +175,8 @@ def image_search_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="comma-separated nested gallery sizes (default: ground truth, 1k, 10k, ... all)")
     p.add_argument("--ks", default="1,5,10,50,100", help="recall@K cut-offs (K <= 100 by default k)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--strict", action="store_true",
+                   help="fail on the first corrupt item in --items instead of skipping and counting it")
     p.add_argument("--dim", type=int, default=0, help="Matryoshka dimension for encoder embeddings")
     p.add_argument("--query-chunk", type=int, default=4096)
     p.add_argument("--gallery-chunk", type=int, default=131072)
@@ -315,7 +319,7 @@ def _file_queries(args: argparse.Namespace):
 
 def _encoder_queries(args: argparse.Namespace, spec: tuple[str, str]):
     """Queries built from a product shard set's images + the gallery (computed or --gallery-emb)."""
-    from mmrep.data.readers import iter_products
+    from mmrep.data.readers import SkipStats, iter_products
     from mmrep.evaluation.benchmark import user_photo
     from mmrep.export.embeddings import check_dim, embed_records
     from mmrep.records import Product, Query
@@ -324,11 +328,13 @@ def _encoder_queries(args: argparse.Namespace, spec: tuple[str, str]):
         raise MmrepError("--encoder needs --items SHARDS (the product shard set to build query images from)")
     (handle,) = _open_encoders([spec], args.seed, 4)
     items: list[Product] = []
-    for p in iter_products(args.items):
+    skipped = SkipStats()
+    for p in iter_products(args.items, args.strict, skipped, verify_images=True):
         if p.images and (args.query_set != "heldout" or len(p.images) >= 2):
             items.append(p)
             if args.max_items and len(items) >= args.max_items:
                 break
+    skipped.report(f"image-search {args.items}")
     if not items:
         need = "two or more images" if args.query_set == "heldout" else "an image"
         raise MmrepError(f"no item in {args.items} has {need}: nothing to build queries from")

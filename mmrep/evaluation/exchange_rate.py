@@ -383,10 +383,10 @@ def main(argv: list[str]) -> int:
     report = exchange_rates(metrics, auc, seg_auc or None, run.exchange.bootstrap, run.exchange.level,
                             run.exchange.seed)
     report["details"] = details
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise MmrepError(f"output folder {out} already exists; pass --overwrite or pick another --out")
-    with atomic_dir(out) as tmp:
+    from mmrep.fsutil import check_replaceable
+
+    out = check_replaceable(args.out, args.overwrite, ("report.json", "report.md"))
+    with atomic_dir(out, "exchange-rate", ("report.json", "report.md")) as tmp:
         (tmp / "report.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
         (tmp / "report.md").write_text(markdown(report))
         scatter_plots(report, tmp / "plots")

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,7 +29,7 @@ import torch
 
 from mmrep.batch import EncoderInput
 from mmrep.errors import MmrepError
-from mmrep.fsutil import atomic_write
+from mmrep.fsutil import MARKER, atomic_write, has_marker, write_marker
 from mmrep.records import Product, Query, Triplet
 from mmrep.export.format import (FAISS_FILE, FORMAT, INDEX, TENSOR, VERSION, EmbeddingFormatError, part_name,
                                  read_part, read_part_meta)
@@ -205,14 +204,23 @@ def decode_record(sample: dict[str, Any]) -> Product | Query | Triplet:
     return decode_sample(sample)
 
 
-def iter_raw(url: str) -> Iterator[dict[str, Any]]:
-    """The raw samples of one tar in order; a damaged tar raises MmrepError naming it."""
-    import webdataset as wds
+def iter_raw(url: str, skipper: Any = None, expected: int | None = None) -> Iterator[dict[str, Any]]:
+    """The raw samples of one tar in order, through the shared shard reader (`mmrep.data.readers.ShardSamples`).
 
-    def fail(exn: Exception) -> bool:
-        raise MmrepError(f"shard {url} is damaged ({type(exn).__name__}: {exn}); re-write it") from None
+    Without a `skipper` a damaged tar fails as one line naming it; with one it is counted (with the samples
+    its manifest says were lost) and the read stops there."""
+    from mmrep.data.readers import ShardSamples, SkipStats, _Skipper
 
-    yield from wds.tarfile_to_samples(handler=fail)(iter([{"url": url}]))
+    counts = {str(Path(url)): expected} if expected is not None else {}
+    strict = skipper is None
+    reader = ShardSamples(skipper if skipper is not None else _Skipper(SkipStats(), strict=True), counts)
+    try:
+        yield from reader(iter([{"url": url}]))
+    except MmrepError as e:
+        if not strict:
+            raise
+        detail = str(e).split(": ", 1)[-1].split(" (strict mode")[0]
+        raise MmrepError(f"shard {url} is damaged ({detail}); re-write it") from None
 
 
 def as_exportable(record: Product | Query | Triplet, kind: str) -> Product | Query:
@@ -368,24 +376,33 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
+# What an export writes (and so all that --overwrite may delete): temp files are `.<name>.<random>.tmp`.
+OWN_FILES = (INDEX, FAISS_FILE, "export.yaml", MARKER, "part-*.safetensors", f".{INDEX}.*.tmp", f".{FAISS_FILE}.tmp",
+             ".part-*.tmp", ".export.yaml.*.tmp")
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber: a finished export needs --overwrite; a foreign non-empty folder is refused."""
+    """Refuse to clobber: a finished export needs --overwrite; a foreign non-empty folder is refused; only the
+    export's own files are ever deleted (a user's notes beside them stay)."""
     if out.exists() and not out.is_dir():
         raise MmrepError(f"--out {out} is a file; give a folder")
     if not out.exists():
         out.mkdir(parents=True)
+        write_marker(out, "export")
         return
-    ours = (out / INDEX).exists() or any(out.glob("part-*.safetensors")) or (out / "export.yaml").exists()
+    ours = has_marker(out) or (out / INDEX).exists() or any(out.glob("part-*.safetensors")) or \
+        (out / "export.yaml").exists()
     if any(out.iterdir()) and not ours:
         raise MmrepError(f"--out {out} is a non-empty folder that is not an mmrep export; choose another path")
     if (out / INDEX).exists() and not overwrite:
         raise MmrepError(f"{out} already holds a finished export; pass --overwrite to replace it")
-    if overwrite:
-        for p in list(out.iterdir()):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    # Temp files of a killed run (SIGKILL skips atomic_write's cleanup); never visible as parts.
-    for p in out.glob(".part-*.tmp"):
-        p.unlink(missing_ok=True)
+    # With --overwrite every file of ours goes; otherwise only temp files of a killed run (SIGKILL skips
+    # atomic_write's cleanup), which are never visible as parts.
+    for pattern in OWN_FILES if overwrite else [p for p in OWN_FILES if p.endswith(".tmp")]:
+        for p in out.glob(pattern):
+            if p.is_file() and p.name != MARKER:
+                p.unlink()
+    write_marker(out, "export")
 
 
 def export(cfg: ExportConfig, handle: EncoderHandle | None = None) -> dict[str, Any]:
@@ -427,6 +444,10 @@ def _export_parts(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], ou
     part_size, never by the number of items."""
     from tqdm import tqdm
 
+    from mmrep.data.readers import SkipStats, _Skipper
+
+    stats = SkipStats()
+    skipper = _Skipper(stats, cfg.strict)
     view = cfg.resolved_view
     known = [p.expected for p in todo]
     total = sum(known) if all(k is not None for k in known) else None
@@ -435,7 +456,7 @@ def _export_parts(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], ou
     ids: list[str] = []
     embs: list[np.ndarray] = []
     dtype = np.float16 if cfg.dtype == "float16" else np.float32
-    for part, batch, skipped in _prefetch(_prepared_batches(cfg, handle, todo, view, bar), depth=2):
+    for part, batch, skipped in _prefetch(_prepared_batches(cfg, handle, todo, view, bar, skipper), depth=2):
         if batch:
             embs.append(embed_prepared(handle, batch, view, cfg.dim).astype(dtype))
             ids += [it.id for it in batch]
@@ -448,15 +469,17 @@ def _export_parts(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], ou
             "source": str(part.url), "start": str(part.start)})
         ids, embs = [], []
     bar.close()
+    stats.report(f"export {cfg.shards}" + (f" (rank {os.environ.get('RANK')})" if os.environ.get("RANK") else ""))
     if show and done:
         dt = time.perf_counter() - t0
         print(f"exported {done} rows in {dt:.1f} s ({done / max(dt, 1e-9):.0f} items/s) on this rank")
 
 
 def _prepared_batches(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], view: View,
-                      bar) -> Iterator[tuple[Part, list, int | None]]:
+                      bar, skipper) -> Iterator[tuple[Part, list, int | None]]:
     """Read + decode the parts' rows into batches: (part, prepared batch, None) while a part fills,
-    then (part, last batch, skipped count) when it is complete. Corrupt samples are skipped and counted."""
+    then (part, last batch, skipped count) when it is complete. Corrupt samples and damaged shards are
+    skipped and counted by `skipper` (which raises in strict mode)."""
     from mmrep.data.transforms import CorruptSample
 
     by_url: dict[str, list[Part]] = {}
@@ -469,7 +492,8 @@ def _prepared_batches(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part]
         batch: list = []
         rows, skipped = 0, 0  # rows of the current part kept / skipped so far
 
-        for pos, sample in enumerate(iter_raw(url)):
+        shard_stop = url_parts[-1].stop
+        for pos, sample in enumerate(iter_raw(url, skipper, shard_stop)):
             while part is not None and part.stop is not None and pos >= part.stop:
                 yield part, batch, skipped
                 batch, rows, skipped = [], 0, 0
@@ -487,16 +511,16 @@ def _prepared_batches(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part]
                 batch.append(prepare_record(handle, record))
                 rows += 1
             except CorruptSample as e:
-                if cfg.strict:
-                    raise MmrepError(f"corrupt sample in {url}: {e.detail} (drop --strict to skip and count it)") from None
+                skipper.skip(e.reason, url, str(sample.get("__key__", "")), e.detail)  # raises when strict
                 skipped += 1
             bar.update(1)
             if len(batch) == cfg.batch_size:
                 yield part, batch, None
                 batch = []
         while part is not None:  # the shard ended: flush what remains
-            if part.stop is not None and part.start + rows + skipped != part.stop:
-                raise MmrepError(f"{url} holds fewer samples than its manifest says (part {part.name}); the shard set is damaged")
+            if part.stop is not None and part.start + rows + skipped < part.stop:
+                # a damaged shard (counted by the reader): its unread rows are skipped rows of their parts
+                skipped = part.stop - part.start - rows
             yield part, batch, skipped
             batch, rows, skipped = [], 0, 0
             part = next(pending, None)

@@ -89,9 +89,9 @@ class MllmEncoder(Encoder):
             if not Path(m.path).is_dir():
                 raise MmrepError(f"model.mllm.path {m.path!r} is not a directory; point it at a local checkpoint")
             if load_pretrained:
-                self.model = model_cls.from_pretrained(m.path)
+                self.model = model_cls.from_pretrained(m.path, trust_remote_code=False)
             else:
-                self.model = model_cls._from_config(config_cls.from_pretrained(m.path))
+                self.model = model_cls._from_config(config_cls.from_pretrained(m.path, trust_remote_code=False))
         else:
             self.model = model_cls._from_config(tiny_config(cfg))
         self.model.config.use_cache = False

@@ -189,6 +189,33 @@ class DeepSpeedMoELayer(nn.Module):
         return y[0], Routing(gates, aux.reshape(()))
 
 
+def gather_experts(encoder: nn.Module) -> tuple[dict[str, torch.Tensor], bool]:
+    """`encoder.state_dict()` with every expert of every expert-parallel DeepSpeed MoE layer (each rank holds
+    num_experts / ep_size of them, numbered locally): collective over each layer's expert-parallel group, so
+    every rank calls it; local expert i of EP rank r becomes global expert r * local + i, the numbering a
+    one-process (ep_size 1) model uses. -> (state, whether anything was gathered)."""
+    import torch.distributed as dist
+
+    state = encoder.state_dict()
+    layers = [(n, m) for n, m in encoder.named_modules() if isinstance(m, DeepSpeedMoELayer) and m.cfg.ep_size > 1]
+    if not layers:
+        return state, False
+    from deepspeed.utils import groups
+
+    for name, layer in layers:
+        experts = layer.moe.deepspeed_moe.experts
+        group = groups._get_expert_parallel_group(layer.moe.expert_group_name)
+        local = [{k: v.detach().float().cpu() for k, v in e.state_dict().items()} for e in experts.deepspeed_experts]
+        every: list[list[dict[str, torch.Tensor]]] = [None] * dist.get_world_size(group)  # type: ignore[list-item]
+        dist.all_gather_object(every, local, group=group)
+        prefix = f"{name}.moe.deepspeed_moe.experts.deepspeed_experts."
+        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        for ep_rank, part in enumerate(every):
+            for i, expert in enumerate(part):
+                state.update({f"{prefix}{ep_rank * len(part) + i}.{k}": v for k, v in expert.items()})
+    return state, True
+
+
 def build_moe(dim: int, hidden: int, cfg: MoEConfig) -> nn.Module:
     """An FFN block for a fusion layer: MoELayer (dense mode = one expert) or the DeepSpeed backend."""
     if cfg.backend == "deepspeed" and cfg.enabled:

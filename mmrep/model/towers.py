@@ -157,9 +157,9 @@ class TextTokens(nn.Module):
                 path = resolve_model_dir(cfg.name, "model.text.name")
                 try:
                     if load_pretrained:
-                        self.hf = AutoModel.from_pretrained(path)
+                        self.hf = AutoModel.from_pretrained(path, trust_remote_code=False)
                     else:
-                        self.hf = AutoModel.from_config(AutoConfig.from_pretrained(path))
+                        self.hf = AutoModel.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False))
                 except OSError as e:
                     raise MmrepError(f"model.text.name {cfg.name!r}: {str(e).splitlines()[0][:160]}") from None
             else:

@@ -20,13 +20,15 @@ import numpy as np
 from mmrep.config import save_resolved, to_dict
 from mmrep.data.shards import ShardWriter
 from mmrep.errors import MmrepError
-from mmrep.fsutil import atomic_dir, atomic_write
+from mmrep.fsutil import atomic_dir, atomic_write, check_replaceable
 from mmrep.records import Product, Triplet, sample_key
 from mmrep.synth import behaviour as bh
 from mmrep.synth.catalog import COLOURS, MARK_SHAPES, MATERIALS, PATTERNS, STYLES, TIERS, stream_rng
 from mmrep.synth.config import SynthConfig, WorldConfig
 from mmrep.synth.records import SPLITS, RecordBuilder, WorldRecords
 from mmrep.synth.text import ATTRIBUTE_KEYS
+
+WORLD_FILES = ("world.json", "items")  # what a world folder from before the mmrep marker is recognised by
 
 FORMAT = "mmrep-world/1"
 EVENT_NAMES = ("exposure", "click", "purchase")
@@ -46,12 +48,7 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def check_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MmrepError(f"output path {out} is a file; pass a folder to --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise MmrepError(f"output folder {out} is not empty; pass --overwrite to replace it or choose another --out")
-    return out
+    return check_replaceable(out_dir, overwrite, WORLD_FILES)
 
 
 @dataclass
@@ -101,7 +98,7 @@ def generate_world(cfg: WorldConfig, out_dir: str | Path, overwrite: bool = Fals
     counts: dict = {"items": {}, "triplets": {}, "images": 0, "query_images": 0}
     missing = {"title": 0, "description": 0, "images": 0, **{f"attributes.{k}": 0 for k in ATTRIBUTE_KEYS}}
     needed = {q.positive for q in b.plans} | {n for q in b.plans for n in q.negatives}
-    with RecordBuilder(w, workers) as builder, atomic_dir(out) as tmp:
+    with RecordBuilder(w, workers) as builder, atomic_dir(out, "world", WORLD_FILES) as tmp:
         kept: dict[int, Product] = {}  # the items triplets carry inline
         for s, split in enumerate(SPLITS):
             say(f"items/{split}")

@@ -36,7 +36,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from mmrep import config
 from mmrep.errors import MmrepError
-from mmrep.fsutil import atomic_dir
+from mmrep.fsutil import atomic_dir, check_replaceable
 from mmrep.records import Product, sample_key
 
 EVAL_SPLITS = frozenset({"val", "valid", "validation", "dev", "test", "testing", "eval", "evaluation", "heldout"})
@@ -67,6 +67,7 @@ class AugmentConfig:
     shard_size: int = 1000
     max_products: int = 0  # 0 = all
     unsafe_allow_eval_split: bool = False  # UNSAFE: augmenting val/test leaks generated data into evaluation
+    strict: bool = False  # fail on the first corrupt input sample / damaged shard instead of skipping and counting
 
     def __post_init__(self) -> None:
         for key in ("titles_per_product", "images_per_product", "max_products"):
@@ -191,8 +192,9 @@ class HFVisionLanguageTitle:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         try:
-            self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-            self.model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()
+            self.processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+            self.model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True,
+                                                                     trust_remote_code=False).eval()
         except (OSError, ValueError) as e:
             raise MmrepError(f"cannot load a vision-language model from {path}: {str(e).splitlines()[0]}") from None
         self.max_new_tokens = max_new_tokens
@@ -568,14 +570,13 @@ def augment_shards(cfg: AugmentConfig, overwrite: bool = False, scorer: Consiste
     dest = Path(cfg.out) / split
     if dest.resolve() == Path(cfg.shards).resolve():
         raise MmrepError(f"augment output {dest} is the input shard set; write a new set elsewhere")
-    if dest.exists() and not overwrite:
-        raise MmrepError(f"{dest} already exists; choose another --out or pass --overwrite")
+    check_replaceable(dest, overwrite, ("manifest.json", "augment_config.yaml"))
     if scorer is None:
         scorer = build_scorer(cfg.filter, cfg.filter_checkpoint)
     job = CoAugmenter(cfg, scorer)
     skipped = SkipStats()
     rng = random.Random(cfg.seed)
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, "augment", ("manifest.json", "augment_config.yaml")) as tmp:
         writer = ShardWriter(tmp, prefix=split, max_count=cfg.shard_size, kind="products")
         try:
             batch: list[Product] = []
@@ -587,7 +588,7 @@ def augment_shards(cfg: AugmentConfig, overwrite: bool = False, scorer: Consiste
                 batch.clear()
                 rngs.clear()
 
-            for n, p in enumerate(iter_products(cfg.shards, stats=skipped)):
+            for n, p in enumerate(iter_products(cfg.shards, cfg.strict, skipped, verify_images=True)):
                 if cfg.max_products and n >= cfg.max_products:
                     break
                 guard_eval([p.split], cfg.unsafe_allow_eval_split)
@@ -600,7 +601,8 @@ def augment_shards(cfg: AugmentConfig, overwrite: bool = False, scorer: Consiste
         except BaseException:
             writer.abort()
             raise
-        stats = dict(job.stats, input_skipped=skipped.total)
+        skipped.report(f"augment {cfg.shards}")
+        stats = dict(job.stats, input_skipped=skipped.samples)
         manifest = writer.close({"augment": stats, "source": str(cfg.shards)})
         config.save_resolved(AugmentRun(cfg), tmp, "augment_config.yaml")
     return manifest

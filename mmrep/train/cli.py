@@ -31,12 +31,17 @@ def parse(argv: list[str], stage: str | None = None):
                                      description="Train an mmrep encoder under DeepSpeed.")
     parser.add_argument("--stage", choices=STAGES, default=stage, help="which objective / data to train on")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint tag (global_stepN) to continue from")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load checkpoint files without the safe allow-list (only checkpoints you wrote: a pickle "
+                             "can run code)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(remaining)
     if config is None:
         raise MmrepError("--config is required (e.g. --config configs/train/pretrain-tiny.yaml)")
     if args.resume is not None:
         overrides.append(f"--checkpoint.resume={args.resume}")
+    if args.trust_checkpoint:
+        overrides.append("--checkpoint.trust=true")
     cfg = load_config(config, overrides, stage=args.stage)
     if not any(o[2:].split("=", 1)[0] == "output_dir" for o in overrides):
         from mmrep.train.summary import agent_output_dir

@@ -76,8 +76,12 @@ class MetricsLogger:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.jsonl:
-            # A resumed run appends to its log (the steps before the resume point are kept).
-            self._jsonl = open(self.out_dir / "metrics.jsonl", "a" if append else "w", buffering=1)
+            # A resumed run appends to its log: the steps up to the checkpoint are kept, those logged after it
+            # (by the run that was killed) are dropped, since the resumed run logs them again.
+            path = self.out_dir / "metrics.jsonl"
+            if append:
+                truncate_log(path, start_step)
+            self._jsonl = open(path, "a" if append else "w", buffering=1)
         self.wandb_mode = resolve_wandb_mode(cfg.wandb)
         if self.wandb_mode != "disabled":
             self.wandb_run = self._init_wandb(run_config, resume=append)
@@ -152,6 +156,24 @@ class MetricsLogger:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep only the complete lines of a metrics log whose step is <= `step` (atomically)."""
+    from mmrep.fsutil import atomic_write
+
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+        if line.endswith("\n") and isinstance(row, dict) and int(row.get("step", 0)) <= step:
+            keep.append(line)
+    with atomic_write(path, "w") as f:
+        f.writelines(keep)
 
 
 _SHORT_KEYS = ("loss", "samples_per_s", "data_wait_s", "compute_s", "lr")

@@ -17,9 +17,9 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import socket
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from mmrep.config import from_dict, read_yaml, save_resolved, to_dict
 from mmrep.data.readers import DataConfig
 from mmrep.evaluation.heldout import HeldoutConfig
 from mmrep.errors import MmrepError
+from mmrep.fsutil import MARKER, drop_aside, has_marker, restore_aside, set_aside, write_marker
 from mmrep.model.config import ModelConfig
 from mmrep.train import checkpoint as ckpt
 from mmrep.train.checkpoint import CheckpointConfig
@@ -43,6 +44,8 @@ from mmrep.train.objectives import LossConfig
 from mmrep.train.schedule import build_scheduler
 
 Stage = Literal["pretrain", "posttrain", "align"]
+PREVIOUS = ".mmrep-previous"  # an --overwrite'd run, kept until the new run has its first checkpoint
+RESUMES = "resumes.jsonl"  # one line per resume (time, checkpoint, step, command line) beside config.yaml
 
 
 @dataclass
@@ -445,21 +448,61 @@ class Trainer:
 
     # -- construction -------------------------------------------------------------------------
     def _check_output_dir(self) -> None:
-        has_run = (self.ckpt_dir / ckpt.LATEST).exists() or (self.out_dir / "encoder").exists()
-        if has_run and not self.cfg.checkpoint.resume and not self.cfg.overwrite:
+        """Validate the output folders; nothing is written or deleted here (that waits for `_prepare_run_dir`,
+        after the encoder, the data and any checkpoint have been checked)."""
+        for what, path in (("output_dir", self.out_dir), ("checkpoint.dir", self.ckpt_dir)):
+            if path.exists() and not path.is_dir():
+                raise MmrepError(f"{what} {path} is a file; give a folder path for the run")
+        resume, overwrite = self.cfg.checkpoint.resume, self.cfg.overwrite
+        if resume and self.rank == 0 and not ckpt.list_tags(self.ckpt_dir):
+            # an --overwrite start that died before its first checkpoint: the run it replaced is still whole
+            restore_aside(self.out_dir, PREVIOUS)
+            restore_aside(self.ckpt_dir, PREVIOUS)
+        dist.barrier()
+        has_run = (self.ckpt_dir / ckpt.LATEST).exists() or (self.out_dir / "encoder").exists() or \
+            bool(ckpt.list_tags(self.ckpt_dir))
+        if has_run and not resume and not overwrite:
             raise MmrepError(f"{self.out_dir} already holds a training run; pass --resume latest to continue it, "
                              "--overwrite=true to start over there, or choose another --output_dir")
+        entries = self._own_entries()
+        # a run from before the marker is recognised by its checkpoints and resolved config
+        ours = has_marker(self.out_dir) or (has_run and (self.out_dir / "config.yaml").is_file())
+        if entries and not resume and not ours:
+            raise MmrepError(f"output_dir {self.out_dir} is a non-empty folder that mmrep did not write (no {MARKER} "
+                             "file); choose another --output_dir (--overwrite only replaces mmrep runs)")
+        self._start_over = bool(entries) and not resume
+
+    def _own_entries(self) -> list[str]:
+        if not self.out_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.out_dir.iterdir() if p.name not in (PREVIOUS, MARKER))
+
+    def _prepare_run_dir(self) -> None:
+        """Rank 0, once everything validated: set an overwritten run aside (deleted at our first checkpoint),
+        mark the folder, and record the config (a resume keeps the original and logs its command line)."""
         if self.rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if has_run and self.cfg.overwrite and not self.cfg.checkpoint.resume:
-                # starting over (explicitly asked): the old run's checkpoints would be pruned in place of ours
-                for tag in ckpt.list_tags(self.ckpt_dir):
-                    shutil.rmtree(self.ckpt_dir / tag)
-                (self.ckpt_dir / ckpt.LATEST).unlink(missing_ok=True)
+            if self._start_over:
+                set_aside(self.out_dir, self._own_entries(), PREVIOUS)
+                if not self.ckpt_dir.resolve().is_relative_to(self.out_dir.resolve()):
+                    set_aside(self.ckpt_dir, [*ckpt.list_tags(self.ckpt_dir), ckpt.LATEST], PREVIOUS)
+            write_marker(self.out_dir, "run")
             stale = ckpt.clean_stale(self.ckpt_dir)
             if stale:
                 print(f"removed incomplete checkpoint(s) left by an interrupted save: {', '.join(stale)}", flush=True)
+            if self.resumed_from and (self.out_dir / "config.yaml").is_file():
+                with open(self.out_dir / RESUMES, "a") as f:
+                    f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                        "from": self.resumed_from, "step": self.step, "argv": sys.argv}) + "\n")
+            else:
+                save_resolved(self.cfg, self.out_dir)
         dist.barrier()
+
+    def _first_checkpoint_landed(self) -> None:
+        """The new run can be resumed now: the run it replaced is no longer needed."""
+        if self.rank == 0 and self._start_over:
+            drop_aside(self.out_dir, PREVIOUS)
+            drop_aside(self.ckpt_dir, PREVIOUS)
+        self._start_over = False
 
     def _build_encoder(self) -> nn.Module:
         from mmrep.model import build_encoder, load_encoder
@@ -510,7 +553,7 @@ class Trainer:
 
     def _resume(self, resume: str) -> None:
         tag = ckpt.resolve_tag(self.ckpt_dir, resume)
-        state, rank_state = ckpt.load(self.engine, self.ckpt_dir, tag)
+        state, rank_state = ckpt.load(self.engine, self.ckpt_dir, tag, trust=self.cfg.checkpoint.trust)
         if state.get("world_size", self.world) != self.world:
             raise MmrepError(f"checkpoint {tag} was written by {state['world_size']} ranks, this run has {self.world}; "
                              "resume at the same world size (DeepSpeed's universal checkpoint converts between sizes)")
@@ -527,17 +570,23 @@ class Trainer:
         if batches is not None:
             yield from batches
             return
-        skip = 0 if self.cfg.data.resampled else self.batches_in_epoch
+        # Batches of the current epoch consumed before a resume: a one-pass epoch skips them; a resampled one
+        # (a fresh draw that cannot seek) yields only the rest, so epoch boundaries match an uninterrupted run.
+        resampled = self.cfg.data.resampled and self.cfg.stage != "align"
+        start = self.batches_in_epoch
         while True:
             self.loader.set_epoch(self.data_epoch)
             got = 0
             for i, batch in enumerate(self.loader):
-                if i < skip:
+                if not resampled and i < start:
                     continue
-                self.batches_in_epoch = i + 1
+                pos = start + i if resampled else i
+                if resampled and pos >= len(self.loader):
+                    break
+                self.batches_in_epoch = pos + 1
                 got += 1
                 yield batch
-            skip = 0
+            start = 0
             if got == 0 and self.batches_in_epoch == 0:
                 raise MmrepError(f"data.shards {self.cfg.data.shards!r} yielded no batch of {self.cfg.data.batch_size} on "
                                  f"rank {self.rank}; lower data.batch_size or add data")
@@ -596,8 +645,15 @@ class Trainer:
 
         `on_end(trainer, logger)` runs after the export, while the W&B run is still open (run summaries)."""
         cfg, o = self.cfg, self.cfg.optim
-        if self.rank == 0:
-            save_resolved(cfg, self.out_dir)
+        self._prepare_run_dir()
+        if self.resumed_from and self.step >= o.total_steps:
+            # a finished run: nothing to train; export only if the kill came between checkpoint and export
+            if not (self.out_dir / "encoder").is_dir():
+                self.export_encoder()
+            if self.rank == 0:
+                print(f"{self.out_dir} already finished at step {self.step} (optim.total_steps {o.total_steps}); "
+                      "nothing to do (raise optim.total_steps to train further)", flush=True)
+            return {"step": self.step, "stopped_by": "finished", "samples_seen": self.samples_seen, "seconds": 0.0}
         logger = MetricsLogger(cfg.logging, self.out_dir, to_dict(cfg), o.total_steps, self.step, self.rank,
                                append=bool(self.resumed_from))
         if self.resumed_from:
@@ -646,17 +702,26 @@ class Trainer:
                 every = cfg.checkpoint.every_steps
                 if every and self.step % every == 0 and self.step < o.total_steps and not halt:
                     self.save_checkpoint()
+                    self._first_checkpoint_landed()
                     last_saved = self.step
                 if halt:
                     stopped_by = "time budget" if over_time else "signal"
                     break
             if last_saved != self.step:
                 self.save_checkpoint()
+                self._first_checkpoint_landed()
             self.export_encoder()
+            if self.loader is not None and self.loader.skip_stats.total:
+                logger.note(self.loader.skip_stats.summary(f"train data (rank {self.rank})"))
             logger.note(f"stopped at step {self.step}/{o.total_steps} ({stopped_by}); "
                         f"checkpoint {self.ckpt_dir / ckpt.tag_for(self.step)}, encoder {self.out_dir / 'encoder'}")
             if on_end is not None:
                 on_end(self, logger)
+        except BaseException:
+            if self._start_over and self.rank == 0:  # died before our first checkpoint: put the old run back
+                restore_aside(self.out_dir, PREVIOUS)
+                restore_aside(self.ckpt_dir, PREVIOUS)
+            raise
         finally:
             logger.close()
             for s, h in previous.items():
@@ -678,14 +743,21 @@ class Trainer:
             ctx = contextlib.nullcontext()
         path = self.out_dir / "encoder"
         with ctx:
+            from mmrep.model.moe import gather_experts
+
+            # expert parallelism: every rank contributes its experts; the export is a one-process (ep_size 1) model
+            state, gathered = gather_experts(encoder)
             if self.rank == 0:
                 # ZeRO keeps parameters as views into flat buffers (which safetensors refuses to save) and
                 # may hold them in bf16: export an fp32 copy built from the encoder's own config.
                 from mmrep.model import build_encoder
 
-                fresh = build_encoder(encoder.cfg, load_pretrained=False)
+                cfg = encoder.cfg
+                if gathered:
+                    cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, ep_size=1))
+                fresh = build_encoder(cfg, load_pretrained=False)
                 fresh.load_state_dict({k: v.detach().float().clone() if v.is_floating_point() else v.detach().clone()
-                                       for k, v in encoder.state_dict().items()})
+                                       for k, v in state.items()})
                 save_encoder(fresh.eval(), path)
         dist.barrier()
         return path

@@ -174,3 +174,19 @@ def test_bad_inputs_raise_user_errors(tmp_path):
     (tmp_path / "cb.safetensors").write_bytes(b"garbage")
     with pytest.raises(MmrepError, match="not a codebooks file"):
         q.load_codebooks(tmp_path / "cb.safetensors")
+
+
+def test_non_finite_rows_are_skipped_and_counted(tmp_path, capsys):
+    x = clustered(n=200).astype(np.float32)
+    x[[5, 17, 100]] = np.nan
+    x[50, 3] = np.inf
+    ids = [f"item-{i}" for i in range(len(x))]
+    save_item_embeddings(tmp_path / "emb", ids, x)
+    args = ["--emb", str(tmp_path / "emb"), "--levels", "2", "--centroids", "8", "--vq-k", "0"]
+    assert quantize_main(args + ["--out", str(tmp_path / "codes")]) == 0
+    out = capsys.readouterr().out
+    assert f"quantize {tmp_path / 'emb'}: skipped 4 samples: 4 corrupt (non_finite: 4)" in out.splitlines()
+    table = pd.read_csv(tmp_path / "codes" / "codes.csv", dtype={"item_id": str})
+    assert len(table) == 196 and not {"item-5", "item-17", "item-50", "item-100"} & set(table["item_id"])
+    with pytest.raises(MmrepError, match="item 'item-5' has a non-finite embedding"):
+        quantize_main(args + ["--out", str(tmp_path / "strict"), "--strict"])

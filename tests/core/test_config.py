@@ -58,3 +58,31 @@ def test_save_resolved_roundtrip(tmp_path):
 def test_split_config_args():
     cfg, ov, rest = config.split_config_args(["--config", "a.yaml", "--train.lr=1", "--resume", "latest"])
     assert (cfg, ov, rest) == ("a.yaml", ["--train.lr=1"], ["--resume", "latest"])
+
+
+def test_duplicate_keys_and_base_cycles_are_one_line_errors(tmp_path, capsys):
+    from mmrep.cli import main as mmrep_main
+    from mmrep.config import read_yaml
+
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("optim:\n  lr: 1.0e-3\n  lr: 5.0e-3\n")
+    with pytest.raises(MmrepError, match=r"dup.yaml is not valid YAML: duplicate key 'lr' \(line 3\)"):
+        read_yaml(dup)
+    top = tmp_path / "top.yaml"
+    top.write_text("seed: 1\nstage: pretrain\nseed: 2\n")
+    with pytest.raises(MmrepError, match="duplicate key 'seed'"):
+        read_yaml(top)
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\nseed: 1\n")
+    (tmp_path / "b.yaml").write_text("_base_: ./a.yaml\nseed: 2\n")
+    with pytest.raises(MmrepError, match=r"_base_ includes form a cycle \(.*a.yaml -> .*b.yaml -> .*a.yaml\)"):
+        read_yaml(tmp_path / "a.yaml")
+    (tmp_path / "self.yaml").write_text("_base_: self.yaml\n")
+    with pytest.raises(MmrepError, match="cycle"):
+        read_yaml(tmp_path / "self.yaml")
+    (tmp_path / "ok.yaml").write_text("_base_: c.yaml\nseed: 1\n")
+    (tmp_path / "c.yaml").write_text("seed: 2\nstage: posttrain\n")
+    assert read_yaml(tmp_path / "ok.yaml") == {"seed": 1, "stage": "posttrain"}
+    for bad in (dup, tmp_path / "a.yaml"):  # through the CLI: one line on stderr, exit 2
+        assert mmrep_main(["train", "--config", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("mmrep: error: config file")

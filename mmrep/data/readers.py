@@ -150,13 +150,6 @@ class SkipStats:
         # Pickled into spawned workers by inheritance; the examples list stays per process.
         return {"_counts": self._counts, "examples": [], "max_examples": self.max_examples}
 
-    def merge(self, other: "SkipStats") -> None:
-        for reason, n in other.counts().items():
-            i = self.REASONS.index(reason)
-            with self._counts.get_lock():
-                self._counts[i] += n
-        self.examples.extend(other.examples[: max(0, self.max_examples - len(self.examples))])
-
 
 class _Skipper:
     """webdataset exception handler + decode guard: count and continue, or raise when strict."""

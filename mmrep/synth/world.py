@@ -19,7 +19,6 @@ import numpy as np
 
 from mmrep.config import save_resolved, to_dict
 from mmrep.data.shards import ShardWriter
-from mmrep.errors import MmrepError
 from mmrep.fsutil import atomic_dir, atomic_write, check_replaceable
 from mmrep.records import Product, Triplet, sample_key
 from mmrep.synth import behaviour as bh

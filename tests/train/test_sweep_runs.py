@@ -24,8 +24,14 @@ def tiny_bench(tiny_world, tmp_path_factory) -> Path:
     return out
 
 
-def _tiny_params(world: Path, bench: Path) -> str:
-    return f"""
+def _tiny_sweep(path: Path, world: Path, bench: Path, params: str, command: str = "") -> Path:
+    """A grid sweep file over pretrain-tiny on the tiny world, scored on the tiny val benchmark."""
+    path.write_text(f"""
+program: {REPO / 'pretrain' / 'train.py'}
+method: grid
+metric: {{name: val_mean_r10, goal: maximize}}
+parameters:
+{params}
   config: {{value: {REPO / 'configs' / 'train' / 'pretrain-tiny.yaml'}}}
   data.shards: {{value: {world / 'items' / 'train'}}}
   data.num_workers: {{value: 0}}
@@ -36,25 +42,19 @@ def _tiny_params(world: Path, bench: Path) -> str:
   checkpoint.every_steps: {{value: 0}}
   logging.every_steps: {{value: 1}}
   heldout.bench: {{value: {bench}}}
-"""
+{command}
+""")
+    return path
 
 
 @pytest.mark.slow
 def test_wandb_agent_commands_for_a_grid_run_side_by_side(tiny_world, tiny_bench, tmp_path, th):
     """The exact argv `wandb agent` builds (W&B's code; `python` on PATH), 3 runs, one working folder."""
-    path = tmp_path / "sweep.yaml"
-    path.write_text(f"""
-program: {REPO / 'pretrain' / 'train.py'}
-method: grid
-metric: {{name: val_mean_r10, goal: maximize}}
-parameters:
-  optim.total_steps: {{values: [2, 3, 4]}}
-  loss.learn_temperature: {{value: true}}
-  loss.matryoshka_dims: {{value: [16, 32]}}
-  optim.lr_scales: {{value: {{encoder: 1.0}}}}
-{_tiny_params(tiny_world, tiny_bench)}
-command: ["${{env}}", "${{interpreter}}", "${{program}}", "${{args_no_boolean_flags}}"]
-""")
+    path = _tiny_sweep(tmp_path / "sweep.yaml", tiny_world, tiny_bench, """
+  optim.total_steps: {values: [2, 3, 4]}
+  loss.learn_temperature: {value: true}
+  loss.matryoshka_dims: {value: [16, 32]}
+  optim.lr_scales: {value: {encoder: 1.0}}""", 'command: ["${env}", "${interpreter}", "${program}", "${args_no_boolean_flags}"]')
     s = spec.load_sweep(path)
     work = tmp_path / "agent"
     work.mkdir()
@@ -86,16 +86,9 @@ command: ["${{env}}", "${{interpreter}}", "${{program}}", "${{args_no_boolean_fl
 def test_tiny_sweep_end_to_end_writes_fits_plots_and_report(tiny_world, tiny_bench, tmp_path, monkeypatch):
     from mmrep.sweeps import cli
 
-    path = tmp_path / "tiny-sweep.yaml"
-    path.write_text(f"""
-program: {REPO / 'pretrain' / 'train.py'}
-method: grid
-metric: {{name: val_mean_r10, goal: maximize}}
-parameters:
-  optim.total_steps: {{values: [1, 2, 3, 4, 6, 8]}}
-  logging.wandb: {{value: disabled}}
-{_tiny_params(tiny_world, tiny_bench)}
-""")
+    path = _tiny_sweep(tmp_path / "tiny-sweep.yaml", tiny_world, tiny_bench, """
+  optim.total_steps: {values: [1, 2, 3, 4, 6, 8]}
+  logging.wandb: {value: disabled}""")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "sweep"

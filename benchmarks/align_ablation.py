@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
-    "align": [],  # configs/train/align-tiny.yaml as it is
+    "align": [],  # configs/train/align-tiny.yaml as it is (anchor_weight 10)
     "align-no-anchor": ["--loss.anchor_weight=0"],  # the stage before it had an anchor
     "anchor-1": ["--loss.anchor_weight=1"],
     "anchor-10": ["--loss.anchor_weight=10"],

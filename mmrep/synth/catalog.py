@@ -76,8 +76,9 @@ _SYLLABLES = ["ka", "lo", "vi", "ra", "ne", "to", "mi", "sa", "zu", "be", "do", 
               "ke", "lu", "mo", "no", "pa", "qui", "ri", "su", "ta", "ve", "wo", "xa", "yo", "ze", "ar",
               "el", "on", "is", "um"]
 
-STREAMS = {name: k for k, name in enumerate(
-    ["brands", "items", "split", "users", "layer", "view", "text", "sessions", "queries", "qphoto", "qtext", "missing", "launch"])}
+STREAMS = {name: k for k, name in enumerate(  # append only: a stream's index seeds its randomness
+    ["brands", "items", "split", "users", "layer", "view", "text", "sessions", "queries", "qphoto", "qtext", "missing", "launch",
+     "triplet-noise"])}
 
 
 def stream_rng(seed: int, stream: str, index: int = 0) -> np.random.Generator:

@@ -371,12 +371,12 @@ class PretrainObjective(Objective):
 
 # ----------------------------------------------------------------------------- post-training
 class PosttrainObjective(Objective):
-    """Dual-level alignment on `TripletBatch`: L = Σ_ϑ ω_ϑ L_inter^ϑ + L_intra + ρ L_aux + ς L_sparsity.
+    """Dual-level alignment on `TripletBatch`: L = Σ_ϑ ω_ϑ L_inter^ϑ + L_intra + ρ L_aux + ς L_sparsity
+    (- τ H(ω) when ω is learned).
 
-    ω is detached by default (`loss.omega_grad: false`): ω is not normalised across views, so a
-    gradient through it would lower the loss by routing every view to experts that prefer *other*
-    objectives (all ω -> small) instead of by aligning embeddings. Detached, ω is a read-out of the
-    routing that the router and W* learn through the embedding path and the sparsity term."""
+    ω is learned (`loss.omega_grad: true`): normalised over the views, W* and the router receive the
+    inter loss's gradient through it (see `view_weights`). With `omega_grad: false` ω is a read-out of
+    the routing that the router and W* learn through the embedding path and the sparsity term."""
 
     def __init__(self, cfg: LossConfig, embed_dim: int):
         super().__init__(cfg, embed_dim)

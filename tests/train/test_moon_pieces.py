@@ -137,3 +137,27 @@ def test_align_anchor_is_zero_at_start_and_grows_as_items_move():
     assert moved.metrics["loss/anchor"] > 1e-4  # measured against the snapshot taken at the first batch
     assert not any(p.requires_grad for p in obj._anchor[0].parameters())
     assert not any(k.startswith("_anchor") for k in obj.state_dict())  # not checkpointed with the objective
+
+
+# ----------------------------------------------------------------------------- label noise in the world
+@pytest.mark.slow
+def test_world_triplet_noise_swaps_training_positives_only(tiny_world, tmp_path):
+    from mmrep.data.readers import iter_triplets
+    from mmrep.synth.world import WorldConfig, generate_world
+
+    cfg = WorldConfig(seed=0, n_items=120, n_users=30, n_queries=150, image_size=32, sessions_per_user=10.0,
+                      shard_size=200, triplet_noise_rate=0.3)  # tiny_world's config plus label noise
+    generate_world(cfg, tmp_path / "noisy")
+    for split in ("train", "val", "test"):
+        clean = {t.id: t for t in iter_triplets(tiny_world / "triplets" / split)}
+        noisy = {t.id: t for t in iter_triplets(tmp_path / "noisy" / "triplets" / split)}
+        assert clean.keys() == noisy.keys()
+        swapped = [i for i in clean if noisy[i].positive.id != clean[i].positive.id]
+        for i in swapped:
+            assert noisy[i].positive.id == clean[i].negatives[0].id and noisy[i].negatives[0].id == clean[i].positive.id
+        if split == "train":
+            assert 0.15 < len(swapped) / len(clean) < 0.45
+        else:
+            assert not swapped  # held-out triplets stay clean
+    summary = json.loads((tmp_path / "noisy" / "world.json").read_text())
+    assert summary["counts"]["noisy_triplets"] > 0

@@ -12,6 +12,8 @@ Both sides include reading the export from disk. Prints time, peak RSS and recal
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_image_search.py            # 1M x 256, 10k queries, k=10 and 100
     .venv/bin/python benchmarks/bench_image_search.py --gallery 50000 --queries 1000 --rounds 1   # quick mode
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_image_search.py --workdir DIR --interleaved 1000 --rounds 3
+        # search only, one process, sides alternating every few seconds (a shared machine)
 """
 
 from __future__ import annotations
@@ -96,6 +98,40 @@ def run_faiss(root: Path, k: int) -> dict:
     return {"seconds": dt, "recall": {f"R@{c}": float(found[:, :c].any(axis=1).mean()) for c in sorted({1, 10, k})}}
 
 
+def interleaved(root: Path, k: int, rounds: int, queries: int) -> None:
+    """Search only, in one process, sides alternating every few seconds (robust to a shared machine):
+    mmrep's `chunked_search` streaming the export parts from disk vs `IndexFlatIP` (add + search) over
+    the same gallery already in memory, on the first `queries` queries."""
+    import faiss
+
+    from mmrep.evaluation.image_search import SearchConfig, chunked_search
+    from mmrep.export.format import iter_parts, load_embeddings
+
+    _, g = load_embeddings(root / "gallery", np.float32)
+    _, q = load_embeddings(root / "queries", np.float32)
+    q = q[:queries]
+    ratios = []
+    print(f"\ninterleaved, search only: {g.shape[0]:,} x {g.shape[1]} gallery, {len(q):,} queries, k={k}")
+    print("| round | mmrep chunked_search, parts from disk (s) | faiss IndexFlatIP add + search (s) | ratio | same top-k | load avg |")
+    print("| ---: | ---: | ---: | ---: | --- | ---: |")
+    for r in range(rounds):
+        t = {}
+        for side in (("mmrep", "faiss") if r % 2 == 0 else ("faiss", "mmrep")):
+            t0 = time.perf_counter()
+            if side == "mmrep":
+                res = chunked_search(q, (emb for _, emb in iter_parts(root / "gallery")), SearchConfig(k=k))
+            else:
+                index = faiss.IndexFlatIP(g.shape[1])
+                index.add(g)
+                _, top = index.search(q, k)
+                del index
+            t[side] = time.perf_counter() - t0
+        ratios.append(t["mmrep"] / t["faiss"])
+        print(f"| {r} | {t['mmrep']:.2f} | {t['faiss']:.2f} | {ratios[-1]:.2f}x | "
+              f"{bool((res.indices == top).all())} | {os.getloadavg()[0]:.1f} |", flush=True)
+    print(f"k={k} interleaved: median ratio {float(np.median(ratios)):.2f}x over {rounds} rounds")
+
+
 def child(method: str, root: Path, n: int, k: int) -> None:
     out = run_mmrep(root, n, k) if method == "mmrep" else run_faiss(root, k)
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -123,6 +159,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--part-size", type=int, default=100_000)
     p.add_argument("--workdir", default="", help="where to write the synthetic exports (default: a temp dir)")
+    p.add_argument("--interleaved", type=int, default=0, metavar="Q",
+                   help="instead: search only, in one process, alternating sides each round on the first Q queries")
     p.add_argument("--child", choices=["mmrep", "faiss"], help=argparse.SUPPRESS)
     p.add_argument("--k", type=int, default=100, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -137,6 +175,10 @@ def main() -> None:
         print(f"data: {args.gallery:,} x {args.dim} gallery, {args.queries:,} queries, ready in "
               f"{time.perf_counter() - t0:.1f} s in {root}; load avg {os.getloadavg()[0]:.2f} on {os.cpu_count()} "
               f"cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+        if args.interleaved:
+            for k in [int(x) for x in args.ks.split(",")]:
+                interleaved(root, k, args.rounds, args.interleaved)
+            return
         print("\n| k | round | mmrep (s) | faiss IndexFlatIP (s) | ratio | mmrep peak RSS (GiB) | faiss peak RSS (GiB) | load avg | R@1 / R@10 / R@k equal |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         summary = {}

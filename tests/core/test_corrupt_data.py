@@ -36,13 +36,15 @@ def test_inspect_counts_what_the_damaged_shard_lost(damaged, capsys):
 
 
 def test_loaders_count_the_same(damaged):
-    from mmrep.data.readers import DataConfig, SkipStats, build_collator, eval_loader, iter_products
+    from mmrep.data.collate import Collator
+    from mmrep.data.readers import DataConfig, SkipStats, eval_loader, iter_products
     from mmrep.data.tokenize import ProductTokenizer, TokenizerConfig
+    from mmrep.data.transforms import ImageTransform
 
     stats = SkipStats()
     assert [p.id for p in iter_products(damaged, stats=stats, verify_images=True)] == good_ids()
     assert stats.summary() == SUMMARY
-    collator = build_collator(ProductTokenizer(TokenizerConfig(context_length=16)), 16, [0.5] * 3, [0.5] * 3, 2, False)
+    collator = Collator(ProductTokenizer(TokenizerConfig(context_length=16)), ImageTransform(16, [0.5] * 3, [0.5] * 3), 2)
     loader = eval_loader(DataConfig(shards=str(damaged), num_workers=2, batch_size=16), collator)  # 2 worker processes
     ids = sorted(i for b in loader for i in b.ids)
     assert ids == good_ids() and loader.skip_stats.summary() == SUMMARY

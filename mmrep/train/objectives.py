@@ -25,7 +25,7 @@ from mmrep.batch import EncoderInput
 from mmrep.errors import MmrepError
 from mmrep.records import Interaction, ItemPair
 from mmrep.train.filtering import DynamicFilter, filter_stats, hardest_negative
-from mmrep.train.losses import (LogitScale, gather_no_grad, gather_with_grad, global_mean, id_hash, info_nce,
+from mmrep.train.losses import (LogitScale, gather_no_grad, gather_with_grad, global_mean, global_sum, id_hash, info_nce,
                                 matryoshka_weights, symmetric_contrastive, truncate, world)
 from mmrep.train.negatives import MemoryQueue, mine_hard_negatives
 
@@ -314,6 +314,10 @@ class Objective(nn.Module):
     def after_step(self, feats: Features) -> None:
         """Hook after the optimiser step (nothing by default)."""
 
+    def _global_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks without autograd (this rank's value when gather is off)."""
+        return global_sum(x) if self.cfg.gather else x
+
     def _gather(self, x: torch.Tensor, grad: bool = True) -> torch.Tensor:
         if not self.cfg.gather:
             return x
@@ -437,23 +441,27 @@ class PosttrainObjective(Objective):
         counts = torch.stack([self._gather(f[f"valid/q_{v}"], grad=False).sum() for v in cfg.views])
         present = [bool(c > 0) for c in counts]
         if cfg.omega == "moe" and f.preference is not None and all(k in f for k in gate_keys):
-            gates, objective = [], []
-            for v in cfg.views:
-                valid = self._gather(f[f"valid/q_{v}"], grad=False)
-                g = self._gather(f[f"gates/q_{v}"], grad=cfg.omega_grad)[valid]
-                gates.append(g)
-                objective.append(torch.full((g.shape[0],), VIEW_ID[v], dtype=torch.long, device=g.device))
             pref = f.preference if cfg.omega_grad else f.preference.detach()
             if cfg.omega_grad and f.preference_share != 1.0:  # same value, a share of the gradient
                 pref = pref.detach() + f.preference_share * (pref - pref.detach())
-            gates_all = torch.cat(gates)
-            if not cfg.omega_grad:
-                gates_all = gates_all.detach()
-            support = objective_weights(gates_all, pref, torch.cat(objective).to(gates_all.device))
-            raw = torch.stack([support[VIEW_ID[v]] for v in cfg.views])
+            # ω_m = Σ over the view's samples of Σ_z p_{z,m} G̃_{z,b}, / their count, over every rank. The
+            # other ranks' sums come in without autograd (no gradient collectives whose order could
+            # differ between ranks); `scale` restores the exact gradient after the ranks' averaging.
+            local = []
+            for v in cfg.views:
+                g = f[f"gates/q_{v}"][f[f"valid/q_{v}"]]
+                if not cfg.omega_grad:
+                    g = g.detach()
+                local.append((g @ pref[:, VIEW_ID[v]]).sum())
+            local_t = torch.stack(local)
+            total = local_t + (self._global_sum(local_t.detach()) - local_t.detach())
+            raw = total / counts.to(total.device, total.dtype).clamp_min(1)
             mask = torch.tensor(present, device=raw.device)
             omega = torch.where(mask, raw, torch.zeros_like(raw))
             omega = omega / omega.sum().clamp_min(1e-12)
+            scale = world()[1] if cfg.gather else 1
+            if scale > 1 and omega.requires_grad:
+                omega = omega.detach() + scale * (omega - omega.detach())
             reg = None
             if cfg.omega_grad and cfg.omega_entropy_coef > 0 and sum(present) > 1:
                 neg_entropy = torch.where(mask, omega * omega.clamp_min(1e-12).log(), torch.zeros_like(omega)).sum()
@@ -547,7 +555,13 @@ class PosttrainObjective(Objective):
             if v in ctx["sample_weight"]:
                 per = per * ctx["sample_weight"][v]
             term = global_mean(per, valid)
-            inter = inter + ctx["omega"][v] * term
+            w = ctx["omega"][v]
+            if w.requires_grad:  # ω's gradient sees the global term (each rank holds only its share)
+                size = world()[1] if cfg.gather else 1
+                mean_term = self._global_sum(term.detach()) / size
+                inter = inter + w.detach() * term + (w - w.detach()) * mean_term
+            else:
+                inter = inter + w * term
             metrics[f"loss/inter_{v}"] = float(term.detach())
         total = inter
         metrics["loss/inter"] = float(inter.detach())

@@ -105,7 +105,9 @@ class Job:
         print(f"\n[{name}] {shown}", flush=True)
         t0 = time.perf_counter()
         if subprocess_:
-            env = os.environ.copy()
+            # a fresh process group: this process's own (e.g. an in-process run before it) holds its port
+            dist_vars = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+            env = {k: v for k, v in os.environ.items() if k not in dist_vars}
             code = subprocess.run([sys.executable, "-m", "mmrep.cli", *argv], env=env).returncode
         else:
             from mmrep.cli import main as cli_main

@@ -9,7 +9,9 @@ item) + one chunk + the training sample; the float gallery is never held.
 
 `nprobe` (cells visited per query) is chosen from a target recall: recall@k against the exact top-k
 (from `RunningTopK`, measured on a calibration query subset during the same streaming pass) is
-measured for nprobe = 1, 2, 4, ..., and the smallest nprobe that reaches the target is kept.
+measured for nprobe = 1, 2, 4, ..., and the smallest nprobe that reaches the target is kept; if
+recall saturates below the target at every nprobe, the re-ranking depth k_factor is doubled and the
+scan repeated.
 Recall is then reported on held-out queries, not the calibration ones.
 """
 

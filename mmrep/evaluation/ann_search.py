@@ -156,11 +156,12 @@ class Tuning:
 
 
 def tune_nprobe(ann: AnnIndex, queries: np.ndarray, exact: np.ndarray, k: int, target: float,
-                k_factor: int = 8, max_k_factor: int = 64) -> Tuning:
+                k_factor: int = 8, max_k_factor: int = 64, tolerance: float = 0.005) -> Tuning:
     """The smallest nprobe in 1, 2, 4, ... (<= nlist) whose recall@k vs `exact` reaches `target`.
 
     With SQ8 re-ranking, recall can saturate below the target at every nprobe when too few PQ
     candidates are re-ranked; the search then doubles k_factor (up to `max_k_factor`) and retries.
+    If no setting reaches the target, the cheapest one within `tolerance` of the best recall is kept.
     """
     curve: list[dict] = []
     kf = k_factor if ann.refines else 1
@@ -180,5 +181,11 @@ def tune_nprobe(ann: AnnIndex, queries: np.ndarray, exact: np.ndarray, k: int, t
                 break
             nprobe = min(2 * nprobe, ann.nlist)
         if not ann.refines or 2 * kf > max_k_factor:
-            return Tuning(nprobe, kf, False, curve)
+            # Unreachable: the cheapest setting (fewest cells, then fewest candidates) within
+            # `tolerance` of the best recall seen, rather than the most expensive one.
+            best = max(c["recall"] for c in curve)
+            pick = min((c for c in curve if c["recall"] >= best - tolerance), key=lambda c: (c["nprobe"], c["k_factor"]))
+            ann.set_nprobe(pick["nprobe"])
+            ann.set_k_factor(pick["k_factor"])
+            return Tuning(pick["nprobe"], pick["k_factor"], False, curve)
         kf *= 2

@@ -59,6 +59,13 @@ def test_tuning_raises_the_rerank_depth_when_recall_saturates():
     assert tuning.reached and tuning.k_factor > 1  # 4-byte PQ alone cannot reach 85%
     at_k1 = [c["recall"] for c in tuning.curve if c["k_factor"] == 1]
     assert len(at_k1) == 5 and max(at_k1) < 0.85  # every nprobe up to nlist was tried first
+    # an unreachable target: the cheapest setting within 0.5 points of the best recall, not the largest
+    tuning = tune_nprobe(ann, q, top.indices, 10, 1.01, k_factor=1, max_k_factor=8)
+    best = max(c["recall"] for c in tuning.curve)
+    chosen = next(c for c in tuning.curve if (c["nprobe"], c["k_factor"]) == (tuning.nprobe, tuning.k_factor))
+    assert not tuning.reached and chosen["recall"] >= best - 0.005
+    assert all(c["nprobe"] >= tuning.nprobe for c in tuning.curve if c["recall"] >= best - 0.005)
+    assert ann.ivf.nprobe == tuning.nprobe and ann.index.k_factor == tuning.k_factor
 
 
 def test_small_gallery_and_bad_settings():

@@ -98,7 +98,7 @@ def main() -> None:
     build_cpu = time.process_time() - c0 - timers["exact_cpu"]
     half = args.queries // 2
     cal, held = slice(0, half), slice(half, args.queries)
-    tuning = tune_nprobe(ann, q[cal], exact.indices[cal], args.k, args.target_recall)
+    tuning = tune_nprobe(ann, q[cal], exact.indices[cal], args.k, args.target_recall, k_factor=args.k_factor)
     t0, c0 = time.perf_counter(), time.process_time()
     _, found = ann.search(q[held], args.k)
     ann_ms = 1000 * (time.perf_counter() - t0) / (args.queries - half)
@@ -116,11 +116,11 @@ def main() -> None:
     print(f"wall time: generate + train + add {build:.0f} s (train {ann.train_seconds:.0f} s), exact ground truth "
           f"{timers['exact']:.0f} s, total {time.perf_counter() - t_start:.0f} s; CPU time (all threads): build "
           f"{build_cpu:.0f} s, exact {timers['exact_cpu']:.0f} s, total {time.process_time() - cpu_start:.0f} s\n")
-    print(f"| nprobe | recall@{args.k} vs exact (calibration) | ms / query |")
-    print("| ---: | ---: | ---: |")
+    print(f"| k_factor | nprobe | recall@{args.k} vs exact (calibration) | ms / query |")
+    print("| ---: | ---: | ---: | ---: |")
     for r in tuning.curve:
-        print(f"| {r['nprobe']} | {100 * r['recall']:.1f} | {r['ms_per_query']:.2f} |")
-    print(f"\nchosen nprobe {tuning.nprobe} for target {100 * args.target_recall:.0f}% "
+        print(f"| {r['k_factor']} | {r['nprobe']} | {100 * r['recall']:.1f} | {r['ms_per_query']:.2f} |")
+    print(f"\nchosen k_factor {tuning.k_factor}, nprobe {tuning.nprobe} for target {100 * args.target_recall:.0f}% "
           f"({'reached' if tuning.reached else 'NOT reached'}); held-out queries: recall@{args.k} {100 * recall:.1f}%, "
           f"{ann_ms:.2f} ms/query vs exact {exact_ms:.1f} ms/query ({exact_ms / ann_ms:.0f}x faster)")
     scanned = tuning.nprobe / ann.nlist * n

@@ -9,7 +9,9 @@ item) + one chunk + the training sample; the float gallery is never held.
 
 `nprobe` (cells visited per query) is chosen from a target recall: recall@k against the exact top-k
 (from `RunningTopK`, measured on a calibration query subset during the same streaming pass) is
-measured for nprobe = 1, 2, 4, ..., and the smallest nprobe that reaches the target is kept.
+measured for nprobe = 1, 2, 4, ..., and the smallest nprobe that reaches the target is kept; if
+recall saturates below the target at every nprobe, the re-ranking depth k_factor is doubled and the
+scan repeated.
 Recall is then reported on held-out queries, not the calibration ones.
 """
 
@@ -60,6 +62,14 @@ class AnnIndex:
 
     def set_nprobe(self, nprobe: int) -> None:
         self.ivf.nprobe = int(nprobe)
+
+    @property
+    def refines(self) -> bool:
+        return self.index is not self.ivf
+
+    def set_k_factor(self, k_factor: int) -> None:
+        if self.refines:
+            self.index.k_factor = float(k_factor)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
@@ -140,22 +150,42 @@ def recall_vs_exact(found: np.ndarray, exact: np.ndarray, k: int) -> float:
 @dataclass
 class Tuning:
     nprobe: int
-    reached: bool  # False: even the largest nprobe tried stays below the target
-    curve: list[dict] = field(default_factory=list)  # [{"nprobe", "recall", "ms_per_query"}, ...]
+    k_factor: int  # candidates re-ranked per result (1 without re-ranking)
+    reached: bool  # False: even the largest setting tried stays below the target
+    curve: list[dict] = field(default_factory=list)  # [{"k_factor", "nprobe", "recall", "ms_per_query"}, ...]
 
 
-def tune_nprobe(ann: AnnIndex, queries: np.ndarray, exact: np.ndarray, k: int, target: float) -> Tuning:
-    """The smallest nprobe in 1, 2, 4, ... (<= nlist) whose recall@k vs `exact` reaches `target`."""
-    curve = []
-    nprobe = 1
+def tune_nprobe(ann: AnnIndex, queries: np.ndarray, exact: np.ndarray, k: int, target: float,
+                k_factor: int = 8, max_k_factor: int = 64, tolerance: float = 0.005) -> Tuning:
+    """The smallest nprobe in 1, 2, 4, ... (<= nlist) whose recall@k vs `exact` reaches `target`.
+
+    With SQ8 re-ranking, recall can saturate below the target at every nprobe when too few PQ
+    candidates are re-ranked; the search then doubles k_factor (up to `max_k_factor`) and retries.
+    If no setting reaches the target, the cheapest one within `tolerance` of the best recall is kept.
+    """
+    curve: list[dict] = []
+    kf = k_factor if ann.refines else 1
     while True:
-        ann.set_nprobe(nprobe)
-        t0 = time.perf_counter()
-        _, found = ann.search(queries, k)
-        ms = 1000 * (time.perf_counter() - t0) / max(1, len(queries))
-        r = recall_vs_exact(found, exact, k)
-        curve.append({"nprobe": nprobe, "recall": r, "ms_per_query": ms})
-        if r >= target or nprobe >= ann.nlist:
+        ann.set_k_factor(kf)
+        nprobe = 1
+        while True:
             ann.set_nprobe(nprobe)
-            return Tuning(nprobe, r >= target, curve)
-        nprobe = min(2 * nprobe, ann.nlist)
+            t0 = time.perf_counter()
+            _, found = ann.search(queries, k)
+            ms = 1000 * (time.perf_counter() - t0) / max(1, len(queries))
+            r = recall_vs_exact(found, exact, k)
+            curve.append({"k_factor": kf, "nprobe": nprobe, "recall": r, "ms_per_query": ms})
+            if r >= target:
+                return Tuning(nprobe, kf, True, curve)
+            if nprobe >= ann.nlist:
+                break
+            nprobe = min(2 * nprobe, ann.nlist)
+        if not ann.refines or 2 * kf > max_k_factor:
+            # Unreachable: the cheapest setting (fewest cells, then fewest candidates) within
+            # `tolerance` of the best recall seen, rather than the most expensive one.
+            best = max(c["recall"] for c in curve)
+            pick = min((c for c in curve if c["recall"] >= best - tolerance), key=lambda c: (c["nprobe"], c["k_factor"]))
+            ann.set_nprobe(pick["nprobe"])
+            ann.set_k_factor(pick["k_factor"])
+            return Tuning(pick["nprobe"], pick["k_factor"], False, curve)
+        kf *= 2

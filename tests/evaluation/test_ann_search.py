@@ -37,9 +37,10 @@ def test_streamed_ivfpq_reaches_target_recall_with_the_smallest_nprobe(refine):
     # the ground truth accumulated during the build equals a separate exact search
     np.testing.assert_array_equal(top.indices, chunked_search(q, g, SearchConfig(k=10)).indices)
     cal, held = slice(0, 100), slice(100, 200)
-    tuning = tune_nprobe(ann, q[cal], top.indices[cal], 10, cfg.target_recall)
+    tuning = tune_nprobe(ann, q[cal], top.indices[cal], 10, cfg.target_recall, k_factor=cfg.k_factor)
     assert tuning.reached and tuning.curve[-1]["nprobe"] == tuning.nprobe
-    assert all(c["recall"] < cfg.target_recall for c in tuning.curve[:-1])  # smaller nprobes miss the target
+    assert all(c["recall"] < cfg.target_recall for c in tuning.curve[:-1])  # smaller settings miss the target
+    assert tuning.k_factor == (cfg.k_factor if refine == "SQ8" else 1)
     _, found = ann.search(q[held], 10)
     assert recall_vs_exact(found, top.indices[held], 10) > cfg.target_recall - 0.1  # held-out queries
     per_item = cfg.pq_m + 8 + (32 if refine == "SQ8" else 0)
@@ -47,6 +48,24 @@ def test_streamed_ivfpq_reaches_target_recall_with_the_smallest_nprobe(refine):
     if refine == "SQ8":  # re-ranking with 8-bit codes is close to exact at full nprobe
         ann.set_nprobe(64)
         assert recall_vs_exact(ann.search(q, 10)[1], top.indices, 10) > 0.93
+
+
+def test_tuning_raises_the_rerank_depth_when_recall_saturates():
+    g = clustered(20_000, 32, 3)
+    q = clustered(100, 32, 4)
+    top = RunningTopK(q, 10)
+    ann = build_ivfpq([g], 32, len(g), AnnConfig(nlist=16, pq_m=4, train_size=10_000), on_chunk=top.add)
+    tuning = tune_nprobe(ann, q, top.indices, 10, 0.85, k_factor=1, max_k_factor=64)
+    assert tuning.reached and tuning.k_factor > 1  # 4-byte PQ alone cannot reach 85%
+    at_k1 = [c["recall"] for c in tuning.curve if c["k_factor"] == 1]
+    assert len(at_k1) == 5 and max(at_k1) < 0.85  # every nprobe up to nlist was tried first
+    # an unreachable target: the cheapest setting within 0.5 points of the best recall, not the largest
+    tuning = tune_nprobe(ann, q, top.indices, 10, 1.01, k_factor=1, max_k_factor=8)
+    best = max(c["recall"] for c in tuning.curve)
+    chosen = next(c for c in tuning.curve if (c["nprobe"], c["k_factor"]) == (tuning.nprobe, tuning.k_factor))
+    assert not tuning.reached and chosen["recall"] >= best - 0.005
+    assert all(c["nprobe"] >= tuning.nprobe for c in tuning.curve if c["recall"] >= best - 0.005)
+    assert ann.ivf.nprobe == tuning.nprobe and ann.index.k_factor == tuning.k_factor
 
 
 def test_small_gallery_and_bad_settings():

@@ -198,8 +198,7 @@ def evaluate(bench: Path, run_info: dict, work: Path) -> dict:
     if not (report / "report.json").is_file():
         run(mmrep_cmd("eval", "mbe", "--bench", str(bench), "--encoder", str(run_info["encoder"]), "--out", str(report),
                       "--overwrite"), work / "eval.log")
-    r = json.loads((report / "report.json").read_text())
-    results = r.get("results", r)
+    results = json.loads((report / "report.json").read_text())["encoders"][0]["results"]
     ret = results["retrieval"]
     art = results.get("classification", {}).get("articleType", {})
     return {"t2i": [100 * ret["t2i"][f"R@{k}"] for k in (1, 5, 10)], "i2t": [100 * ret["i2t"][f"R@{k}"] for k in (1, 5, 10)],

@@ -47,7 +47,9 @@ def tiny_config(world: Path, out: Path, stage: str = "pretrain", **extra):
 
 def child_env(**extra: str) -> dict[str, str]:
     """Environment for a training subprocess: no inherited process-group variables, 1 thread per rank."""
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    # WANDB_SERVICE: a W&B service an in-process test started here; a child must start its own, or its run
+    # files are written (and lost) by a service that goes away with that test
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS and k != "WANDB_SERVICE"}
     env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1", **extra)
     return env
 

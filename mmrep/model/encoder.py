@@ -42,7 +42,14 @@ class EncoderOutput:
 
 
 class Encoder(nn.Module):
-    """Base: owns W* (Z, M) when the MoE is on; subclasses implement `encode`."""
+    """Base: owns W* (Z, M) when the MoE is on; subclasses implement `encode`.
+
+    `uniform_calls` (set by the trainer under ZeRO-3 on several ranks): every call runs every tower, on a
+    dummy input where the batch has no such modality, with a zero-valued term in the output, so all ranks
+    make the same module calls and every parameter gets a (zero) gradient (ZeRO-3 gathers per module).
+    """
+
+    uniform_calls: bool = False
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

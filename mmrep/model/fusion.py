@@ -85,6 +85,12 @@ class FusionEncoder(Encoder):
         """-> sequence (B, S, W), mask (B, S) bool, token types (B, S)."""
         b, n = inputs.image_mask.shape
         seq, masks, types = [], [], []
+        touch = None  # uniform_calls: a zero-valued term through a tower this batch has no input for
+        if self.uniform_calls and not (n and inputs.image_mask.any()):
+            s = self.cfg.image_size
+            dummy = self.vision_proj(self.vision(inputs.pixels.new_zeros(1, 3, s, s)))
+            slot = torch.zeros(1, dtype=torch.long, device=dummy.device)
+            touch = 0 * (dummy.sum() + self.slot_embedding(slot).sum() + self.type_embedding(slot).sum())
         if n and inputs.image_mask.any():
             if n > self.max_images:
                 raise MmrepError(f"a batch holds items with {n} images but model.fusion.max_images is "
@@ -103,7 +109,13 @@ class FusionEncoder(Encoder):
             seq.append(states + self.type_embedding(inputs.text_types))
             masks.append(inputs.text_mask)
             types.append(inputs.text_types)
-        return torch.cat(seq, 1), torch.cat(masks, 1), torch.cat(types, 1)
+        elif self.uniform_calls:
+            ids = torch.ones(1, 2, dtype=torch.long, device=inputs.image_mask.device)
+            dummy = self.text_proj(self.text(ids, torch.ones_like(ids, dtype=torch.bool)))
+            term = 0 * (dummy.sum() + self.type_embedding(ids).sum())
+            touch = term if touch is None else touch + term
+        x = torch.cat(seq, 1)
+        return (x if touch is None else x + touch), torch.cat(masks, 1), torch.cat(types, 1)
 
     def encode(self, inputs: EncoderInput) -> tuple[torch.Tensor, list[tuple[Routing, torch.Tensor]]]:
         x, mask, types = self.tokens(inputs)

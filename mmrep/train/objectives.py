@@ -217,6 +217,8 @@ class _Encoded:
         self.sparsity: list[torch.Tensor] = []
         self.preference: torch.Tensor | None = None
         self.stats: list[dict[str, float]] = []
+        self.touch: torch.Tensor | None = None  # zero-valued terms of dummy calls (uniform_calls)
+        self.uniform = bool(getattr(getattr(encoder, "module", encoder), "uniform_calls", False))
 
     def __call__(self, inputs: EncoderInput, valid: torch.Tensor, objective: int | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -227,6 +229,14 @@ class _Encoded:
         rows = valid.nonzero(as_tuple=True)[0]
         emb = torch.zeros(b, self.dim, device=valid.device)
         if rows.numel() == 0:
+            if self.uniform:  # ZeRO-3 on several ranks: make the call every rank makes, on a dummy text row
+                ids = torch.ones(1, 2, dtype=torch.long, device=valid.device)
+                dummy = EncoderInput(inputs.pixels[:0, :0].new_zeros(1, 0, *inputs.pixels.shape[2:]),
+                                     inputs.image_mask.new_zeros(1, 0), ids, ids.clone(), torch.ones_like(ids, dtype=torch.bool))
+                out = self.encoder(dummy, objective=None if objective is None else torch.full((1,), objective,
+                                   dtype=torch.long, device=valid.device))
+                term = 0 * out.embedding.sum()
+                self.touch = term if self.touch is None else self.touch + term
             return emb, None
         sub = inputs if rows.numel() == b else inputs.select(rows)  # no copy of a full batch
         obj = None if objective is None else torch.full((rows.numel(),), objective, dtype=torch.long, device=rows.device)
@@ -247,6 +257,8 @@ class _Encoded:
         tensors = {k: v.to(device) for k, v in tensors.items()}
         zero = torch.zeros(1, device=device)
         aux = torch.stack(self.aux).mean().reshape(1) if self.aux else zero
+        if self.touch is not None:
+            aux = aux + self.touch  # value unchanged; keeps the dummy calls in the graph
         sparsity = torch.stack(self.sparsity).mean().reshape(1) if self.sparsity else zero
         keys = {k for s in self.stats for k in s if not k.startswith("moe/omega")}  # ω is reported by the loss
         stats = {k: sum(s[k] for s in self.stats if k in s) / sum(k in s for s in self.stats) for k in keys}
@@ -410,9 +422,9 @@ class PosttrainObjective(Objective):
         neg_mask = (_mask(batch.negative_mask).reshape(b, -1) if batch.negative_mask is not None
                     else torch.zeros(b, 0, dtype=torch.bool)).to(q.image_mask.device)
         k = neg_mask.shape[1]
-        if self.cfg.triplet_negatives and k:
+        if self.cfg.triplet_negatives and (k or enc.uniform):
             emb, _ = enc(batch.negatives, neg_mask.reshape(-1))
-            tensors["emb/neg"] = emb.reshape(b, k, -1)
+            tensors["emb/neg"] = emb.reshape(b, k, self.embed_dim)
         else:
             tensors["emb/neg"] = torch.zeros(b, 0, self.embed_dim, device=neg_mask.device)
             neg_mask = neg_mask[:, :0]

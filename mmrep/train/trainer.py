@@ -414,6 +414,7 @@ class Trainer:
         # ZeRO-3 gathers partitioned parameters inside each module's forward, so a fence over all of them cannot
         # be built there; its gradients are reduced by per-parameter hooks rather than by arrival order
         module.grad_fence = self.world > 1 and zero_stage == 2
+        self.encoder.uniform_calls = self.world > 1 and zero_stage == 3  # the same module calls on every rank
         o = cfg.optim
         # fused AdamW: one kernel over all parameters instead of ~10 per tensor (~10% of a small CPU step)
         optimizer = torch.optim.AdamW(param_groups(module, o.weight_decay, o.lr, o.lr_scales), lr=o.lr,

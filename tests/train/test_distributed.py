@@ -153,10 +153,6 @@ def test_two_ranks_zero2_match_one_process_and_resume(th, tiny_world, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.xfail(strict=True, reason="known bug: under ZeRO-3 every rank must make the same module calls, but "
-                   "the objective skips the encoder for a view a rank's micro-batch lacks (and fusion skips a tower "
-                   "with no input), so the ranks' parameter all-gathers mismatch and gloo aborts. On a world where "
-                   "every micro-batch holds every view the 2 ranks train; this test's small world does not")
 def test_two_ranks_zero3_dense_match_one_process_and_export(th, tiny_world, tmp_path):
     """ZeRO-3 partitions the dense encoder's parameters over the 2 ranks: the losses still equal one plain
     process (ZeRO-0) on the same global batches, and the export gathers the full weights."""

@@ -407,10 +407,10 @@ class Trainer:
         if zero_stage == 3 and is_moe(self.encoder):
             raise MmrepError("ZeRO-3 does not support Mixture-of-Experts models; use deepspeed.zero_stage 0-2 "
                              "(configs/deepspeed/zero2.json) or model.moe.mode=dense")
-        if zero_stage == 3 and self.world > 1:
-            warnings.warn("ZeRO-3 on several ranks needs every rank to make the same encoder calls; a micro-batch "
-                          "that lacks a query view or a modality skips calls and gloo/NCCL then abort (known bug). "
-                          "Prefer ZeRO-2 (configs/deepspeed/zero2.json) unless every micro-batch holds every view")
+        if zero_stage == 3 and self.world > 1 and self.model_cfg.backbone != "fusion":
+            warnings.warn(f"ZeRO-3 on several ranks: only the fusion backbone runs every tower on every rank "
+                          f"(`uniform_calls`); with backbone {self.model_cfg.backbone!r} a micro-batch that lacks a "
+                          "modality can make gloo/NCCL abort. Prefer ZeRO-2 (configs/deepspeed/zero2.json)")
         # ZeRO-3 gathers partitioned parameters inside each module's forward, so a fence over all of them cannot
         # be built there; its gradients are reduced by per-parameter hooks rather than by arrival order
         module.grad_fence = self.world > 1 and zero_stage == 2

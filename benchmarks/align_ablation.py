@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
-import subprocess
-import sys
 from pathlib import Path
+
+from moon_ablation import mmrep  # the same step runner (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -31,14 +29,6 @@ VARIANTS = {
     "low-lr": ["--loss.anchor_weight=0", "--optim.lr=5e-5"],
     "co-purchase": ["--loss.anchor_weight=0"],  # pairs restricted to co-purchases (see main)
 }
-
-
-def mmrep(*argv: str) -> None:
-    print("$ mmrep " + " ".join(shlex.quote(a) for a in argv), flush=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO), WANDB_MODE="disabled")
-    code = subprocess.run([sys.executable, "-m", "mmrep.cli", *argv], env=env, cwd=REPO).returncode
-    if code:
-        raise SystemExit(f"command failed (exit {code})")
 
 
 def version_dir(world: Path, encoder: Path, out: Path, name: str) -> Path:

@@ -117,13 +117,14 @@ class Collator:
         if self.images_prep is not None and images:
             # MOON's "original + core-region crop": each image followed by its crop, [o0, c0, o1, c1, ...], so the
             # first pair survives any max_images >= 2 and a slot means the same in training, export and eval
+            limit = max(self.max_images, 2)
+            images = images[: (limit + 1) // 2]  # the originals that survive the cut; crop only those
             try:
-                crops = self.images_prep(list(images[: self.max_images]))
+                crops = self.images_prep(list(images))
             except Exception as e:  # undecodable bytes: the same skip-and-count path as a bad image
                 detail = f"image cannot be cropped ({type(e).__name__}: {e})"
                 raise CorruptSample(f"sample {p.id}: {detail}", key=p.id, reason="bad_image", detail=detail) from None
             images = [im for pair in zip(images, crops) for im in pair]
-            limit = max(self.max_images, 2)
         text_view = self.text_views.sample() if self.text_views is not None else "full"
         return PreparedItem(p.id, self._images(self.transform, images, p.id, limit),
                             self.tokenizer.encode_product(p, text_view), category_key(p.category), dict(p.labels), view)

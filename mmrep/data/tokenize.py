@@ -11,8 +11,6 @@ directly (it pools at the argmax id, the EOT).
 
 from __future__ import annotations
 
-import random
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +18,7 @@ from typing import Sequence
 import torch
 
 from mmrep.batch import TokenType
+from mmrep.data.transforms import WorkerRandom
 from mmrep.errors import MmrepError
 from mmrep.records import Product, Query
 
@@ -53,20 +52,10 @@ class TextViews:
                              "positive sum, e.g. {title: 0.5, title_category: 0.2, full: 0.3}")
         self.views = list(weights)
         self.weights = [float(weights[v]) for v in self.views]
-        self.seed = seed
-        self._rng: random.Random | None = None
-        self._owner: tuple | None = None
+        self._random = WorkerRandom(seed, "text-views")  # per DataLoader worker and pass, like image crops
 
     def sample(self) -> str:
-        import torch.utils.data
-
-        info = torch.utils.data.get_worker_info()  # each DataLoader worker and pass draws its own stream
-        owner = (info.id, info.seed) if info else None
-        if self._rng is None or owner != self._owner:
-            base = self.seed if self.seed is not None else random.randrange(2**31)
-            self._rng = random.Random(zlib.crc32(repr((base, owner, "text-views")).encode()))
-            self._owner = owner
-        return self._rng.choices(self.views, self.weights)[0]
+        return self._random().choices(self.views, self.weights)[0]
 
 
 class ProductTokenizer:

@@ -33,6 +33,28 @@ class CorruptSample(MmrepError):
         self.detail = detail or message  # the message without the "shard ..., sample ..." prefix
 
 
+class WorkerRandom:
+    """A `random.Random` per DataLoader worker and pass, seeded from `seed` (and `salt`).
+
+    Each worker draws its own stream, re-seeded for every pass from the loader's per-pass worker seed
+    (reproducible under torch.manual_seed), so workers and epochs differ."""
+
+    def __init__(self, seed: int | None, salt: str | None = None):
+        self.seed, self.salt = seed, salt
+        self._rng: random.Random | None = None
+        self._owner: tuple | None = None
+
+    def __call__(self) -> random.Random:
+        info = torch.utils.data.get_worker_info()
+        owner = (info.id, info.seed) if info else None
+        if self._rng is None or owner != self._owner:
+            base = self.seed if self.seed is not None else random.randrange(2**31)
+            key = (base, owner) if self.salt is None else (base, owner, self.salt)
+            self._rng = random.Random(zlib.crc32(repr(key).encode()))
+            self._owner = owner
+        return self._rng
+
+
 class ImageTransform:
     """Encoded image bytes -> (3, S, S) float32, normalised with `mean` / `std`.
 
@@ -63,19 +85,7 @@ class ImageTransform:
         # x_norm = x_uint8 * a + b, folded into one multiply-add per element
         self._a = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(3, 1, 1)
         self._b = torch.tensor([-m / s for m, s in zip(self.mean, self.std)]).view(3, 1, 1)
-        self._rng: random.Random | None = None
-        self._rng_owner: tuple | None = None
-
-    def _random(self) -> random.Random:
-        # Each DataLoader worker draws its own stream, re-seeded for every pass from the loader's
-        # per-pass worker seed (reproducible under torch.manual_seed), so workers and epochs differ.
-        info = torch.utils.data.get_worker_info()
-        owner = (info.id, info.seed) if info else None
-        if self._rng is None or owner != self._rng_owner:
-            base = self.seed if self.seed is not None else random.randrange(2**31)
-            self._rng = random.Random(zlib.crc32(repr((base, owner)).encode()))
-            self._rng_owner = owner
-        return self._rng
+        self._random = WorkerRandom(seed)
 
     def decode(self, data: bytes, key: str = "") -> Image.Image:
         """Bytes -> RGB PIL image, using JPEG draft mode to decode at a reduced scale when possible."""

@@ -100,11 +100,15 @@ class VisionTokens(nn.Module):
 
             if cfg.name:
                 kwargs: dict[str, Any] = dict(num_classes=0, img_size=image_size)
-                if cfg.pretrained and load_pretrained:
-                    kwargs["pretrained"] = True
-                    if Path(cfg.pretrained).is_file():
-                        kwargs["pretrained_cfg_overlay"] = dict(file=cfg.pretrained)
+                local = cfg.pretrained.startswith("python:") or Path(cfg.pretrained).is_file()
+                if cfg.pretrained and load_pretrained and not local:
+                    kwargs["pretrained"] = True  # timm's hub weights (needs a reachable hub)
                 self.vit = timm.create_model(cfg.name, **kwargs)
+                if cfg.pretrained and load_pretrained and local:  # loaded weights-only, never unpickled
+                    from mmrep.pretrained import load_weights, resolve_weights_file
+
+                    path = resolve_weights_file(cfg.pretrained, "model.vision.pretrained")
+                    load_ported_state(self.vit, load_weights(path), f"model.vision.pretrained {path}")
             else:
                 from timm.models.vision_transformer import VisionTransformer
 

@@ -31,7 +31,7 @@ import webdataset as wds
 
 from mmrep.data.collate import Collator, PreparedItem, PreparedTriplet
 from mmrep.data.shards import MANIFEST, read_manifest, shard_paths
-from mmrep.data.transforms import CorruptSample
+from mmrep.data.transforms import CorruptSample, ImageAugment
 from mmrep.errors import MmrepError
 from mmrep.records import IMAGE_EXTS, PRODUCT_EXT, TRIPLET_EXT, Product, Triplet
 
@@ -59,6 +59,8 @@ class DataConfig:
     # title_category, title). Queries are short, so products train on short views too; export and
     # evaluation always encode the full text. {full: 1} trains on the full record only.
     text_views: dict[str, float] = field(default_factory=lambda: {"title": 0.4, "title_category": 0.2, "full": 0.4})
+    # training only: random crops / flips, and optionally tilt and colour jitter (mmrep.data.transforms.ImageAugment)
+    image_augment: ImageAugment = field(default_factory=ImageAugment)
 
     def __post_init__(self) -> None:
         from mmrep.data.tokenize import TextViews

@@ -11,11 +11,12 @@ import io
 import math
 import random
 import zlib
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from mmrep.errors import MmrepError
 
@@ -55,11 +56,41 @@ class WorkerRandom:
         return self._rng
 
 
+@dataclass
+class ImageAugment:
+    """The `data.image_augment` section: training-time image augmentation (evaluation never augments).
+
+    Geometry: a random-resized crop (area fraction `scale`, aspect `ratio`) and a horizontal flip.
+    Photometric / pose (off by default): a tilt of up to `rotate` degrees and brightness, contrast and
+    saturation factors drawn from [1 - jitter, 1 + jitter]. They make catalogue-photo training robust to
+    shopper photos (off-centre, tilted, other lighting), which is what image search is queried with.
+    """
+
+    scale: tuple[float, float] = (0.7, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    rotate: float = 0.0
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)  # YAML lists -> tuples
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise MmrepError(f"config key 'data.image_augment.scale' must be [low, high] with 0 < low <= high <= 1, "
+                             f"got {list(self.scale)}")
+        if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
+            raise MmrepError(f"config key 'data.image_augment.ratio' must be [low, high] with 0 < low <= high, "
+                             f"got {list(self.ratio)}")
+        for name, high in (("flip", 1.0), ("rotate", 180.0), ("jitter", 1.0)):
+            if not 0 <= getattr(self, name) <= high:
+                raise MmrepError(f"config key 'data.image_augment.{name}' must be in [0, {high:g}], "
+                                 f"got {getattr(self, name)}")
+
+
 class ImageTransform:
     """Encoded image bytes -> (3, S, S) float32, normalised with `mean` / `std`.
 
-    Eval: centre square crop of the shorter side, resized to S. Train: a mild random-resized-crop
-    (area `scale`, aspect `ratio`) and a horizontal flip with probability `flip`.
+    Eval: centre square crop of the shorter side, resized to S. Train: the `augment` policy (by default a
+    mild random-resized-crop and a horizontal flip), applied after resizing to S, where it is cheap.
     """
 
     def __init__(
@@ -69,9 +100,7 @@ class ImageTransform:
         std: Sequence[float] = CLIP_STD,
         train: bool = False,
         seed: int | None = None,
-        scale: tuple[float, float] = (0.7, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip: float = 0.5,
+        augment: ImageAugment | None = None,
         resample: int = Image.BICUBIC,
     ):
         if image_size < 1:
@@ -81,7 +110,8 @@ class ImageTransform:
         self.image_size = int(image_size)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.train, self.seed = train, seed
-        self.scale, self.ratio, self.flip, self.resample = scale, ratio, flip, resample
+        self.augment = augment or ImageAugment()
+        self.resample = resample
         # x_norm = x_uint8 * a + b, folded into one multiply-add per element
         self._a = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(3, 1, 1)
         self._b = torch.tensor([-m / s for m, s in zip(self.mean, self.std)]).view(3, 1, 1)
@@ -112,8 +142,9 @@ class ImageTransform:
         rng = self._random()
         area = width * height
         for _ in range(10):
-            target = area * rng.uniform(*self.scale)
-            aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            target = area * rng.uniform(*self.augment.scale)
+            ratio = self.augment.ratio
+            aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
             w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
             if w <= width and h <= height:
                 left, top = rng.uniform(0, width - w), rng.uniform(0, height - h)
@@ -127,9 +158,22 @@ class ImageTransform:
         img = self.decode(data, key)
         s = self.image_size
         img = img.resize((s, s), self.resample, box=self.box(*img.size))
-        if self.train and self.flip > 0 and self._random().random() < self.flip:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.train:
+            img = self.photometric(img)
         return self.to_tensor(img)
+
+    def photometric(self, img: Image.Image) -> Image.Image:
+        """Flip, tilt and colour jitter of an already resized training image."""
+        aug, rng = self.augment, self._random()
+        if aug.flip > 0 and rng.random() < aug.flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if aug.rotate > 0:
+            fill = img.resize((1, 1), Image.BILINEAR).getpixel((0, 0))  # the corners take the image's mean colour
+            img = img.rotate(rng.uniform(-aug.rotate, aug.rotate), resample=Image.BILINEAR, fillcolor=fill)
+        if aug.jitter > 0:
+            for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+                img = enhance(img).enhance(rng.uniform(1 - aug.jitter, 1 + aug.jitter))
+        return img
 
     def to_tensor(self, img: Image.Image) -> torch.Tensor:
         """RGB PIL image (S, S) -> (3, S, S) float32 normalised."""

@@ -20,7 +20,11 @@ from mmrep.fsutil import atomic_dir
 from mmrep.model.config import ModelConfig
 from mmrep.model.encoder import Encoder
 from mmrep.model.moe import Routing
-from mmrep.model.towers import OPEN_CLIP_VOCAB, open_clip_model_cfg, open_clip_state
+from mmrep.model.towers import OPEN_CLIP_VOCAB, freeze_hf_below, open_clip_model_cfg, open_clip_state
+
+# HF text towers encode a batch in up to TEXT_BUCKETS length buckets of at least MIN_BUCKET_ROWS rows each
+TEXT_BUCKETS = 4
+MIN_BUCKET_ROWS = 16
 
 
 def clip_model_cfg(cfg: ModelConfig, load_pretrained: bool = True) -> dict[str, Any]:
@@ -84,7 +88,8 @@ class ClipEncoder(Encoder):
             # export writes a config that open_clip can rebuild; the weights come from the safetensors file
             self.model_cfg["text_cfg"]["hf_model_pretrained"] = False
             if cfg.text.trainable_layers >= 0:
-                self.clip.lock_text_tower(unlocked_layers=cfg.text.trainable_layers)
+                # our own lock: open_clip 3.3's HF lock knows no layer list for BERT-style models
+                freeze_hf_below(self.clip.text.transformer, cfg.text.trainable_layers)
         self.timm_vision = "timm_model_name" in self.model_cfg["vision_cfg"]
         if self.timm_vision and cfg.vision.pretrained and load_pretrained:
             from mmrep.pretrained import load_weights, resolve_weights_file
@@ -136,9 +141,30 @@ class ClipEncoder(Encoder):
                 # open_clip adds all context_length positions: pad on the right (causal mask -> no effect on real
                 # tokens). The HF tower masks padding (id 0 for BERT-style vocabularies) and needs no padding.
                 ids = F.pad(ids, (0, self.context_length - ids.shape[1]))
-            txt = self.clip.encode_text(ids, normalize=True) * inputs.has_text[:, None]
+            txt = (self._encode_hf_text(ids, inputs.text_mask) if self.hf_text
+                   else self.clip.encode_text(ids, normalize=True)) * inputs.has_text[:, None]
             out = txt if out is None else out + txt
         return out, []
+
+    def _encode_hf_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The HF text tower over length buckets: rows sorted by length, each bucket padded to its own longest.
+
+        A transformer's cost grows with the padded length, and sampled text views mix short titles with
+        full records, so one batch-wide padding would spend most of the text tower on padding. The
+        masked mean pooling makes the result independent of the padding (equal up to float rounding).
+        """
+        lengths = mask.sum(1)
+        b = ids.shape[0]
+        buckets = min(TEXT_BUCKETS, max(1, b // MIN_BUCKET_ROWS))
+        if buckets == 1 or int(lengths.min()) == ids.shape[1]:
+            return self.clip.encode_text(ids, normalize=True)
+        order = lengths.argsort(descending=True)
+        parts = []
+        for rows in order.tensor_split(buckets):
+            length = max(int(lengths[rows].max()), 1)
+            parts.append(self.clip.encode_text(ids[rows, :length], normalize=True))
+        out = torch.cat(parts)
+        return out.new_empty(out.shape).index_copy(0, order, out)
 
 
 def export_open_clip(encoder: ClipEncoder, out_dir: str | Path) -> Path:

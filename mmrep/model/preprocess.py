@@ -10,21 +10,24 @@ from __future__ import annotations
 
 from mmrep.data.collate import Collator
 from mmrep.data.tokenize import ProductTokenizer, TextViews
-from mmrep.data.transforms import ImageTransform
+from mmrep.data.transforms import ImageAugment, ImageTransform
 from mmrep.model.config import ModelConfig
 from mmrep.model.crop import collator_hooks
 
 
-def image_transform(cfg: ModelConfig, train: bool = False, seed: int | None = None) -> ImageTransform:
-    """The ImageTransform matching this model (size, mean, std); `train` adds random crops and flips."""
-    return ImageTransform(cfg.image_size, cfg.image_mean, cfg.image_std, train=train, seed=seed)
+def image_transform(cfg: ModelConfig, train: bool = False, seed: int | None = None,
+                    augment: ImageAugment | None = None) -> ImageTransform:
+    """The ImageTransform matching this model (size, mean, std); `train` applies `augment` (default: crops, flips)."""
+    return ImageTransform(cfg.image_size, cfg.image_mean, cfg.image_std, train=train, seed=seed, augment=augment)
 
 
 def build_preprocess(cfg: ModelConfig, max_images: int, train: bool = False, seed: int | None = None,
-                     text_views: dict[str, float] | None = None, tokenizer: ProductTokenizer | None = None) -> Collator:
-    """The Collator for `cfg`; `text_views` ({view: weight}) applies in training only (eval encodes "full")."""
+                     text_views: dict[str, float] | None = None, tokenizer: ProductTokenizer | None = None,
+                     augment: ImageAugment | None = None) -> Collator:
+    """The Collator for `cfg`; `text_views` ({view: weight}) and `augment` apply in training only (eval encodes
+    the "full" text of un-augmented images)."""
     view_seed = None if seed is None else seed + 1
-    view, images_prep = collator_hooks(cfg, image_transform(cfg, train, view_seed))
+    view, images_prep = collator_hooks(cfg, image_transform(cfg, train, view_seed, augment))
     sampler = TextViews(text_views, seed) if train and text_views else None
-    return Collator(tokenizer or ProductTokenizer(cfg.tokenizer), image_transform(cfg, train, seed), max_images,
+    return Collator(tokenizer or ProductTokenizer(cfg.tokenizer), image_transform(cfg, train, seed, augment), max_images,
                     view_transform=view, images_prep=images_prep, text_views=sampler)

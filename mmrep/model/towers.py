@@ -7,7 +7,7 @@ Vision: open_clip ViT or timm ViT -> patch tokens per image. Text: open_clip tex
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -65,6 +65,27 @@ def load_ported_state(module: nn.Module, state: dict[str, torch.Tensor], what: s
         return
     raise MmrepError(f"{what}: the weights file does not match the model ({len(state)} tensors for {len(target)}, "
                      "names and shapes differ); check model.vision.name against the checkpoint")
+
+
+def hf_layers(hf: nn.Module) -> nn.ModuleList:
+    """The transformer layer list of an HF encoder (BERT-style `encoder.layer`)."""
+    layers = getattr(getattr(hf, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise MmrepError(f"model.text.trainable_layers: {type(hf).__name__} has no encoder.layer list; "
+                         "use trainable_layers -1 (train all) with this text model")
+    return layers
+
+
+def freeze(parts: Sequence[nn.Module | nn.Parameter]) -> None:
+    for part in parts:
+        for p in ([part] if isinstance(part, nn.Parameter) else part.parameters()):
+            p.requires_grad_(False)
+
+
+def freeze_hf_below(hf: nn.Module, trainable: int) -> None:
+    """Freeze an HF encoder's embeddings and all but its top `trainable` layers (0: the whole encoder)."""
+    layers = hf_layers(hf)
+    freeze([hf.embeddings, *layers[:max(len(layers) - trainable, 0)]])
 
 
 class VisionTokens(nn.Module):
@@ -184,24 +205,14 @@ class TextTokens(nn.Module):
             super().train(False)  # a frozen tower is a fixed feature extractor: no dropout noise
         return self
 
-    def _embeddings_and_layers(self) -> tuple[list[nn.Module | nn.Parameter], nn.ModuleList]:
-        if self.backend == "open_clip":
-            return [self.token_embedding, self.positional_embedding], self.transformer.resblocks
-        layers = getattr(getattr(self.hf, "encoder", None), "layer", None)
-        if not isinstance(layers, nn.ModuleList):
-            raise MmrepError(f"model.text.trainable_layers: {type(self.hf).__name__} has no encoder.layer list; "
-                             "use trainable_layers -1 (train all) with this text model")
-        return [self.hf.embeddings], layers
-
     def freeze_below(self, trainable: int) -> None:
         """Freeze the embeddings and all but the top `trainable` layers (0: the whole tower is frozen)."""
-        embeddings, layers = self._embeddings_and_layers()
-        frozen: list[nn.Module | nn.Parameter] = [*embeddings, *layers[:max(len(layers) - trainable, 0)]]
-        if trainable == 0 and self.backend == "open_clip":
-            frozen.append(self.ln_final)
-        for part in frozen:
-            for p in ([part] if isinstance(part, nn.Parameter) else part.parameters()):
-                p.requires_grad_(False)
+        if self.backend != "open_clip":
+            freeze_hf_below(self.hf, trainable)
+            return
+        layers = self.transformer.resblocks
+        frozen = [self.token_embedding, self.positional_embedding, *layers[:max(len(layers) - trainable, 0)]]
+        freeze(frozen + [self.ln_final] if trainable == 0 else frozen)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.backend == "open_clip":

@@ -525,7 +525,8 @@ class Trainer:
         from mmrep.model.preprocess import build_preprocess
 
         return build_preprocess(self.model_cfg, self.cfg.data.max_images, train=train,
-                                seed=self.cfg.seed + 7 * self.rank, text_views=self.cfg.data.text_views)
+                                seed=self.cfg.seed + 7 * self.rank, text_views=self.cfg.data.text_views,
+                                augment=self.cfg.data.image_augment)
 
     def _build_loader(self):
         from mmrep.data.readers import train_loader

@@ -198,3 +198,29 @@ def test_offline_minilm_package_loads_real_sentence_knowledge():
     pooled = F.normalize((states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True), dim=-1)
     sim = pooled @ pooled.T
     assert sim[0, 1] > 0.7 > sim[0, 2] + 0.3  # paraphrases close, unrelated products far: trained weights
+
+
+@pytest.mark.parametrize("trainable", [0, 1])
+def test_clip_hf_text_tower_buckets_lengths_and_unlocks_top_layers(bert_package, trainable):
+    """Rows of mixed lengths are encoded in length buckets: the result equals one batch-wide padded pass."""
+    import mmrep.model.clip as clip_mod
+
+    torch.manual_seed(0)
+    enc = build_encoder(tiny_config("clip-tiny.yaml", *hf_overrides("python:tiny_bert_pkg", trainable)))
+    layers = enc.clip.text.transformer.encoder.layer
+    assert all(p.requires_grad == (trainable == 1) for p in layers[-1].parameters())
+    assert not any(p.requires_grad for p in [*layers[0].parameters(), *enc.clip.text.transformer.embeddings.parameters()])
+    enc.eval()
+    b = clip_mod.MIN_BUCKET_ROWS * clip_mod.TEXT_BUCKETS
+    lengths = torch.randint(3, 12, (b,))
+    lengths[0] = 12
+    mask = torch.arange(12)[None] < lengths[:, None]
+    ids = torch.randint(5, 5 + len(WORDS), (b, 12)) * mask
+    with torch.no_grad():
+        bucketed = enc._encode_hf_text(ids, mask)
+        one_pass = enc.clip.encode_text(ids, normalize=True)
+    torch.testing.assert_close(bucketed, one_pass, atol=1e-5, rtol=1e-5)
+    if trainable:
+        enc.train()
+        enc._encode_hf_text(ids, mask).sum().backward()
+        assert layers[-1].attention.self.query.weight.grad.abs().sum() > 0

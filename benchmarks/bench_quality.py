@@ -21,7 +21,13 @@ Modes:
   budget   the mmrep Fashion recipe (`--recipe`, default configs/train/fashion-small.yaml) for --seconds vs
            open_clip_train with the tiny CLIP for the number of steps its measured throughput fits in the
            same time (a full cosine over them, as a user would configure it).
-Runs are sequential and use the threads OMP_NUM_THREADS gives; give the benchmark the machine alone.
+Runs use the threads OMP_NUM_THREADS gives, --jobs at a time (one after another by default); give the
+benchmark the machine alone. Finished runs are reused, so the trainers can run in separate invocations
+(`--only peer`, then `--only mmrep`; a last call without --only prints the whole table):
+
+    # the 15-minute budget with one core per trainer, two runs side by side: the peer gets the steps its
+    # throughput fits in 900 s at one thread (133 samples/s in --mode samples -> 1872 steps of 64)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_quality.py --mode budget --seeds 0 1 --jobs 2 --peer-steps 1872
 """
 
 from __future__ import annotations
@@ -193,6 +199,16 @@ def train_mmrep(args, work: Path, seed: int, config: str, extra: list[str], tag:
 # ---------------------------------------------------------------------------------------------- eval
 
 
+def run_jobs(jobs: list, at_once: int, skip: bool = False) -> list[dict]:
+    """Run training jobs `at_once` at a time (side by side: give each OMP_NUM_THREADS = cores / at_once)."""
+    if skip:
+        return []
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, at_once)) as pool:
+        return list(pool.map(lambda job: job(), jobs))
+
+
 def evaluate(bench: Path, run_info: dict, work: Path) -> dict:
     report = work / "reports" / Path(run_info["encoder"]).parent.name / Path(run_info["encoder"]).name
     if not (report / "report.json").is_file():
@@ -235,8 +251,16 @@ def main() -> None:
     ap.add_argument("--recipe", default="configs/train/fashion-small.yaml", help="budget mode: the mmrep recipe")
     ap.add_argument("--split", default="test", help="evaluation split (tune on val)")
     ap.add_argument("--peer-python", default=str(PEER_PYTHON), help="python of the peer environment (scripts/peer_env.sh)")
-    ap.add_argument("--skip-peer", action="store_true", help="only the mmrep side (e.g. to tune on val)")
+    ap.add_argument("--only", choices=["both", "peer", "mmrep"], default="both",
+                    help="train only one side (finished runs of the other are still reported)")
+    ap.add_argument("--skip-peer", action="store_true", help="the mmrep side only (same as --only mmrep)")
+    ap.add_argument("--jobs", type=int, default=1, help="training runs at a time (set OMP_NUM_THREADS to share the cores)")
+    ap.add_argument("--peer-steps", type=int, default=0,
+                    help="budget mode: the peer's steps (default: from a 120-step throughput probe)")
     args = ap.parse_args()
+    if args.skip_peer:
+        args.only = "mmrep"
+    args.skip_peer = args.only == "mmrep"
     if not args.skip_peer and not Path(args.peer_python).is_file():
         raise SystemExit(f"peer python {args.peer_python} not found: run `bash scripts/peer_env.sh` first")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -246,21 +270,23 @@ def main() -> None:
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     print(f"catalogue {args.data} (peer shards: {n} samples), eval split {args.split}, OMP_NUM_THREADS={threads}", flush=True)
 
-    peers, ours = [], []
+    peer_jobs, our_jobs = [], []
     for seed in args.seeds:
         if args.mode == "samples":
-            if not args.skip_peer:
-                peers.append(train_peer(args, args.work, seed, args.steps, pattern))
-            ours.append(train_mmrep(args, args.work, seed, "configs/train/fashion-parity.yaml",
-                                    [f"--optim.total_steps={args.steps}", f"--data.batch_size={args.batch}"], "parity"))
+            peer_jobs.append(lambda seed=seed: train_peer(args, args.work, seed, args.steps, pattern))
+            our_jobs.append(lambda seed=seed: train_mmrep(
+                args, args.work, seed, "configs/train/fashion-parity.yaml",
+                [f"--optim.total_steps={args.steps}", f"--data.batch_size={args.batch}"], "parity"))
         else:
-            if not args.skip_peer:
-                # the peer gets the steps its own measured throughput fits in the budget (a full cosine over them)
-                probe = train_peer(args, args.work, 0, 120, pattern)
-                steps = int(args.seconds * probe["samples_per_s"] / args.batch)
-                peers.append(train_peer(args, args.work, seed, steps, pattern))
-            ours.append(train_mmrep(args, args.work, seed, args.recipe, [f"--max_train_seconds={args.seconds}"],
-                                    Path(args.recipe).stem))
+            our_jobs.append(lambda seed=seed: train_mmrep(args, args.work, seed, args.recipe,
+                                                          [f"--max_train_seconds={args.seconds}"], Path(args.recipe).stem))
+    if args.mode == "budget" and not args.skip_peer:
+        # the peer gets the steps its own measured throughput fits in the budget (a full cosine over them)
+        steps = args.peer_steps or int(args.seconds * train_peer(args, args.work, 0, 120, pattern)["samples_per_s"]
+                                       / args.batch)
+        peer_jobs = [lambda seed=seed: train_peer(args, args.work, seed, steps, pattern) for seed in args.seeds]
+    peers = run_jobs(peer_jobs, args.jobs, skip=args.only == "mmrep")
+    ours = run_jobs(our_jobs, args.jobs, skip=args.only == "peer")
     for r in peers + ours:
         r["metrics"] = evaluate(bench, r, args.work)
     print()

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 
 from mmrep.errors import MmrepError
 
@@ -62,8 +62,9 @@ class ImageAugment:
 
     Geometry: a random-resized crop (area fraction `scale`, aspect `ratio`) and a horizontal flip.
     Photometric / pose (off by default): a tilt of up to `rotate` degrees and brightness, contrast and
-    saturation factors drawn from [1 - jitter, 1 + jitter]. They make catalogue-photo training robust to
-    shopper photos (off-centre, tilted, other lighting), which is what image search is queried with.
+    saturation factors drawn from [1 - jitter, 1 + jitter], and with probability `blur` a Gaussian blur of
+    radius 0.2-1.5 px at the model's resolution. They make catalogue-photo training robust to shopper
+    photos (off-centre, tilted, other lighting, out of focus), which is what image search is queried with.
     """
 
     scale: tuple[float, float] = (0.7, 1.0)
@@ -71,6 +72,7 @@ class ImageAugment:
     flip: float = 0.5
     rotate: float = 0.0
     jitter: float = 0.0
+    blur: float = 0.0
 
     def __post_init__(self) -> None:
         self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)  # YAML lists -> tuples
@@ -80,7 +82,7 @@ class ImageAugment:
         if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
             raise MmrepError(f"config key 'data.image_augment.ratio' must be [low, high] with 0 < low <= high, "
                              f"got {list(self.ratio)}")
-        for name, high in (("flip", 1.0), ("rotate", 180.0), ("jitter", 1.0)):
+        for name, high in (("flip", 1.0), ("rotate", 180.0), ("jitter", 1.0), ("blur", 1.0)):
             if not 0 <= getattr(self, name) <= high:
                 raise MmrepError(f"config key 'data.image_augment.{name}' must be in [0, {high:g}], "
                                  f"got {getattr(self, name)}")
@@ -163,7 +165,7 @@ class ImageTransform:
         return self.to_tensor(img)
 
     def photometric(self, img: Image.Image) -> Image.Image:
-        """Flip, tilt and colour jitter of an already resized training image."""
+        """Flip, tilt, colour jitter and blur of an already resized training image."""
         aug, rng = self.augment, self._random()
         if aug.flip > 0 and rng.random() < aug.flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -173,6 +175,8 @@ class ImageTransform:
         if aug.jitter > 0:
             for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
                 img = enhance(img).enhance(rng.uniform(1 - aug.jitter, 1 + aug.jitter))
+        if aug.blur > 0 and rng.random() < aug.blur:
+            img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 1.5)))
         return img
 
     def to_tensor(self, img: Image.Image) -> torch.Tensor:

@@ -84,14 +84,14 @@ def test_training_augment_tilts_and_jitters_only_when_asked():
     plain = ImageTransform(24, train=True, seed=3, augment=ImageAugment(flip=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0)))
     assert torch.equal(plain(data), plain(data))  # no random geometry left: every call is the same
     tilt = ImageTransform(24, train=True, seed=3,
-                          augment=ImageAugment(flip=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), rotate=15, jitter=0.3))
+                          augment=ImageAugment(flip=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), rotate=15, jitter=0.3, blur=0.5))
     xs = [tilt(data) for _ in range(4)]
     assert all(not torch.equal(x, plain(data)) for x in xs) and not torch.equal(xs[0], xs[1])
     same = ImageTransform(24, train=True, seed=3,
-                          augment=ImageAugment(flip=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), rotate=15, jitter=0.3))
+                          augment=ImageAugment(flip=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), rotate=15, jitter=0.3, blur=0.5))
     assert all(torch.equal(x, same(data)) for x in xs)  # seeded
     ev = ImageTransform(24, augment=ImageAugment(rotate=15, jitter=0.3))
     assert torch.equal(ev(data), ImageTransform(24)(data))  # evaluation never augments
-    for bad in (dict(scale=(0.0, 1.0)), dict(jitter=1.5), dict(rotate=-1), dict(ratio=(2.0, 1.0))):
+    for bad in (dict(scale=(0.0, 1.0)), dict(jitter=1.5), dict(rotate=-1), dict(ratio=(2.0, 1.0)), dict(blur=2.0)):
         with pytest.raises(MmrepError, match="data.image_augment"):
             ImageAugment(**bad)

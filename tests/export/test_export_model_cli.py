@@ -71,7 +71,7 @@ def test_deepspeed_moe_checkpoint_tag_merges_its_expert_files(world, tmp_path):
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     check = f"""
 import torch
-from mmrep.export.from_checkpoint import encoder_from_checkpoint
+from mmrep.model.from_checkpoint import encoder_from_checkpoint
 from mmrep.model import load_encoder
 a = encoder_from_checkpoint("{tmp_path / 'run'}", "global_step3").state_dict()
 b = load_encoder("{tmp_path / 'run' / 'encoder'}").state_dict()

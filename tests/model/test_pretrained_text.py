@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from mmrep.data.tokenize import ProductTokenizer, TokenizerConfig
 from mmrep.errors import MmrepError
 from mmrep.model import build_encoder, load_encoder, save_encoder
-from mmrep.model.clip import export_open_clip
+from mmrep.model.backbones.clip import export_open_clip
 from mmrep.pretrained import ENV, allowed_packages, resolve_model_dir
 from model_helpers import random_inputs, tiny_config
 

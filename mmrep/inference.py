@@ -109,7 +109,8 @@ def open_encoder(path: str | Path | None = None, config: str | Path | None = Non
         for key in sorted(state):
             h.update(key.encode() + state[key].detach().cpu().contiguous().numpy().tobytes())
         fingerprint = h.hexdigest()[:16]
-        label = name or f"{Path(checkpoint).name}@{tag}"
+        run = Path(checkpoint)
+        label = name or f"{run.parent.name if run.name == 'checkpoints' else run.name}@{tag}"
     device = resolve_device(device)
     return EncoderHandle(encoder.to(device), preprocess.collator(train=False), label, fingerprint, device)
 

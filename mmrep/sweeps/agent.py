@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from mmrep.distributed import LAUNCHER_ENV
 from mmrep.sweeps.spec import Sweep
 
 

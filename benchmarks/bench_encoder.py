@@ -69,7 +69,7 @@ def encoder_step(cfg: ModelConfig, x: EncoderInput):
 def clip_step(cfg: ModelConfig, x: EncoderInput):
     import open_clip
 
-    from mmrep.model.clip import clip_model_cfg
+    from mmrep.model.backbones.clip import clip_model_cfg
 
     torch.manual_seed(0)
     model = open_clip.model.CLIP(**clip_model_cfg(cfg)).train()

@@ -74,9 +74,9 @@ class PeakRss:
 
 
 def main() -> None:
-    from mmrep.data.readers import resolve_shards
-    from mmrep.export.embeddings import (ExportConfig, decode_record, export, iter_raw, open_encoder, prepare_record,
-                                         select_view)
+    from mmrep.data.readers import decode_record, iter_raw, resolve_shards
+    from mmrep.export.embeddings import ExportConfig, export
+    from mmrep.inference import open_encoder, prepare_record, select_view
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--items", type=int, default=2048)

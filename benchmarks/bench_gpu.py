@@ -128,7 +128,8 @@ def bench_train(args, out: Path) -> dict:
 def bench_export(args, out: Path, device) -> dict:
     """End-to-end export of a synthetic shard set, and the bare forward over the same decoded batches."""
     from mmrep.data.shards import ShardWriter
-    from mmrep.export.embeddings import ExportConfig, embed_prepared, export, open_encoder, prepare_record
+    from mmrep.export.embeddings import ExportConfig, export
+    from mmrep.inference import embed_prepared, open_encoder, prepare_record
     from mmrep.records import sample_key
 
     handle = open_encoder(config=args.model, device=str(device))

@@ -120,7 +120,7 @@ def ensure_bench(data: Path, split: str, work: Path) -> Path:
 def peer_model_dir(model_yaml: Path, out: Path) -> Path:
     """open_clip `local-dir:` folder with the same architecture as mmrep's `model_yaml` (a clip backbone)."""
     from mmrep.config import load
-    from mmrep.model.clip import clip_model_cfg
+    from mmrep.model.backbones.clip import clip_model_cfg
     from mmrep.model.config import ModelConfig
 
     cfg = load(ModelConfig, model_yaml)

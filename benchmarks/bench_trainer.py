@@ -95,7 +95,7 @@ def main() -> int:
     ap.add_argument("--no-moe", action="store_true")
     ap.add_argument("--zero", type=int, default=0, choices=(0, 1, 2), help="ZeRO stage of the mmrep side")
     args = ap.parse_args()
-    from mmrep.model.clip import clip_model_cfg
+    from mmrep.model.backbones.clip import clip_model_cfg
     from mmrep.synth.world import WorldConfig, generate_world
 
     tmp = Path(tempfile.mkdtemp(prefix="mmrep-bench-trainer-"))

@@ -8,6 +8,9 @@ On disk (WebDataset), a product sample is:
     <key>.product.json   {"id", "title", "description", "category", "attributes", "labels", "split",
                           "images": ["0.jpg", "1.png", ...]}
     <key>.0.jpg, <key>.1.png, ...   original image bytes, in order
+A query sample (benchmarks' query sets) is:
+    <key>.query.json     {"id", "text", "item_ids", "user", "category", "images": ["q.0.jpg", ...]}
+    <key>.q.0.jpg, ...
 A triplet sample holds the query and its items inline so that a shard is self-contained:
     <key>.triplet.json   {"id", "query": {...}, "positive": {...product...}, "negatives": [...]}
     <key>.q.0.jpg, <key>.p.0.jpg, <key>.n0.0.jpg, ...
@@ -26,6 +29,7 @@ from mmrep.errors import MmrepError
 
 PRODUCT_EXT = "product.json"
 TRIPLET_EXT = "triplet.json"
+QUERY_EXT = "query.json"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 EVENTS = ("exposure", "click", "purchase")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
@@ -141,6 +145,20 @@ class Query:
         d.pop("image_exts")
         d["images"] = [f"{prefix}{i}.{ext}" for i, ext in enumerate(self.image_exts)]
         return d
+
+    def to_sample(self) -> dict[str, Any]:
+        """`<key>.query.json` + `<key>.q.N.<ext>` images."""
+        meta = self.meta("q.")
+        sample: dict[str, Any] = {"__key__": sample_key(self.id), QUERY_EXT: meta}
+        sample.update(zip(meta["images"], self.images))
+        return sample
+
+    @classmethod
+    def from_sample(cls, sample: dict[str, Any]) -> "Query":
+        meta = sample[QUERY_EXT]
+        if isinstance(meta, (bytes, str)):
+            meta = json.loads(meta)
+        return cls.from_meta(meta, sample)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], files: dict[str, bytes]) -> "Query":

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mmrep.data.shards import ShardWriter
 from mmrep.model.config import ModelConfig
-from mmrep.model.encoder import build_encoder, save_encoder
+from mmrep.model import build_encoder, save_encoder
 from mmrep.records import Product, sample_key
 
 TINY = dict(embed_dim=16, image_size=16, matryoshka_dims=[8, 16], tokenizer={"context_length": 16},

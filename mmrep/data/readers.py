@@ -33,7 +33,7 @@ from mmrep.data.collate import Collator, PreparedItem, PreparedTriplet
 from mmrep.data.shards import MANIFEST, read_manifest, shard_paths
 from mmrep.data.transforms import CorruptSample, ImageAugment
 from mmrep.errors import MmrepError
-from mmrep.records import IMAGE_EXTS, PRODUCT_EXT, TRIPLET_EXT, Product, Triplet
+from mmrep.records import IMAGE_EXTS, PRODUCT_EXT, QUERY_EXT, TRIPLET_EXT, Product, Query, Triplet
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +312,19 @@ def decode_sample(sample: dict[str, Any]) -> Product | Triplet:
     return record
 
 
+def decode_record(sample: dict[str, Any]) -> Product | Query | Triplet:
+    """`decode_sample`, plus query samples (`query.json`, benchmark query sets); raises CorruptSample."""
+    if QUERY_EXT not in sample:
+        return decode_sample(sample)
+    key, shard = str(sample.get("__key__", "")), str(sample.get("__url__", ""))
+    try:
+        return Query.from_sample(sample)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+        detail = f"query metadata is malformed ({type(e).__name__}: {e})"
+        raise CorruptSample(f"shard {shard}, sample {key}: {detail}", key=key, shard=shard, reason="bad_json",
+                            detail=detail) from None
+
+
 def _json(value: Any) -> dict:
     data = json.loads(value) if isinstance(value, (bytes, str)) else value
     if not isinstance(data, dict):
@@ -420,6 +433,23 @@ class _Shuffle:
             yield item
         rng.shuffle(buf)
         yield from buf
+
+
+def iter_raw(url: str, skipper: _Skipper | None = None, expected: int | None = None) -> Iterator[dict[str, Any]]:
+    """The raw samples of one tar in order, through the shared shard reader (`ShardSamples`).
+
+    Without a `skipper` a damaged tar fails as one line naming it; with one it is counted (with the samples
+    its manifest says were lost) and the read stops there."""
+    counts = {str(Path(url)): expected} if expected is not None else {}
+    strict = skipper is None
+    reader = ShardSamples(skipper if skipper is not None else _Skipper(SkipStats(), strict=True), counts)
+    try:
+        yield from reader(iter([{"url": url}]))
+    except MmrepError as e:
+        if not strict:
+            raise
+        detail = str(e).split(": ", 1)[-1].split(" (strict mode")[0]
+        raise MmrepError(f"shard {url} is damaged ({detail}); re-write it") from None
 
 
 class _Decode:
@@ -563,11 +593,11 @@ def count_samples(source: str | Path | Sequence[str | Path]) -> int | None:
 def dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """Explicit rank/world_size, defaulting to torch.distributed when initialised, else (0, 1)."""
     if rank is None or world_size is None:
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            rank = dist.get_rank() if rank is None else rank
-            world_size = dist.get_world_size() if world_size is None else world_size
-        rank, world_size = rank or 0, world_size or 1
+        from mmrep.distributed import rank_world
+
+        group_rank, group_world = rank_world()
+        rank = group_rank if rank is None else rank
+        world_size = group_world if world_size is None else world_size
     if not 0 <= rank < world_size:
         raise MmrepError(f"rank {rank} is outside world size {world_size}")
     return rank, world_size

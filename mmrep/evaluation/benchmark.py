@@ -148,7 +148,6 @@ def write_benchmark(out: str | Path, name: str, items: Sequence[Product], querie
                     provenance: dict, overwrite: bool = False, shard_size: int = 5000) -> dict:
     """Write a benchmark folder atomically; returns benchmark.json."""
     from mmrep.data.shards import ShardWriter
-    from mmrep.export.embeddings import query_sample
 
     out = check_replaceable(out, overwrite, (BENCH_FILE,))
     if not items:
@@ -176,7 +175,7 @@ def write_benchmark(out: str | Path, name: str, items: Sequence[Product], querie
                 w.write({"__key__": sample_key(p.id), **p.to_sample()})
         with ShardWriter(tmp / "queries", "queries", shard_size, kind="queries", mtime=0) as w:
             for q in queries:
-                w.write(query_sample(q))
+                w.write(q.to_sample())
         (tmp / LABELS_FILE).write_text(json.dumps(labels, indent=1, ensure_ascii=False))
         (tmp / BENCH_FILE).write_text(json.dumps(meta, indent=1))
     return meta
@@ -272,10 +271,10 @@ def _shard_count(d: Path) -> int | None:
 def load_benchmark(path: str | Path, strict: bool = False) -> Benchmark:
     """Read a benchmark folder; MmrepError when it is missing, foreign or empty. Corrupt items / queries
     (images included) are skipped and counted with one summary line, or fail when `strict`."""
-    from mmrep.data.readers import ShardSamples, SkipStats, _Skipper, check_images, iter_products, shard_counts
+    from mmrep.data.readers import (ShardSamples, SkipStats, _Skipper, check_images, decode_record, iter_products,
+                                    shard_counts)
     from mmrep.data.shards import shard_paths
     from mmrep.data.transforms import CorruptSample
-    from mmrep.export.embeddings import decode_record
 
     path = Path(path)
     if not path.is_dir():

@@ -51,7 +51,7 @@ def evaluate(encoder_dir: str | Path, cfg: HeldoutConfig) -> dict[str, float]:
 
     from mmrep.evaluation import mbe
     from mmrep.evaluation.benchmark import load_benchmark
-    from mmrep.export.embeddings import open_encoder
+    from mmrep.inference import open_encoder
 
     check_bench(cfg)
     bench = load_benchmark(cfg.bench)
@@ -79,7 +79,7 @@ def evaluate(encoder_dir: str | Path, cfg: HeldoutConfig) -> dict[str, float]:
 def image_search_r10(handle, bench, cfg: HeldoutConfig) -> float | None:
     """Recall@10 of query image -> item image over the benchmark's whole gallery (None: no image queries)."""
     from mmrep.evaluation.image_search import SearchConfig, evaluate_embeddings
-    from mmrep.export.embeddings import embed_records
+    from mmrep.inference import embed_records
 
     items = [p for p in bench.items if p.has_image]
     where = {p.id: j for j, p in enumerate(items)}

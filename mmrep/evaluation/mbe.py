@@ -25,7 +25,7 @@ from mmrep.errors import MmrepError
 from mmrep.evaluation import metrics
 from mmrep.evaluation.benchmark import Benchmark, label_of
 from mmrep.evaluation.report import TASK_LABELS
-from mmrep.export.embeddings import EncoderHandle, check_dim, embed_records, embed_texts, has_view
+from mmrep.inference import EncoderHandle, check_dim, embed_records, embed_texts, has_view
 
 TASKS: dict[str, tuple[str, str]] = {
     "t2mm": ("text", "mm"),

@@ -1,5 +1,7 @@
 """Embedding export: every item (or query) of a shard set -> sharded safetensors files + index.json.
 
+Embedding itself is `mmrep.inference` (the Python API); this module plans, runs and verifies an export.
+
 Layout: see `mmrep.export.format` (and docs/benchmark-layout.md). Work is split into deterministic
 parts: part (s, c) = rows [c*part_size, (c+1)*part_size) of input shard s, by raw sample position
 (from the shard set's manifest counts; shard sets without a manifest get one part per shard). Part i
@@ -15,213 +17,24 @@ by `mmrep eval mbe --make-bench`) and triplet shard sets (their queries; row id 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
-import torch
 
-from mmrep.batch import EncoderInput
+from mmrep import distributed
 from mmrep.errors import MmrepError
+from mmrep.export.format import FAISS_FILE, FORMAT, INDEX, TENSOR, VERSION, part_name, read_part, read_part_meta
 from mmrep.fsutil import MARKER, atomic_write, has_marker, write_marker
+from mmrep.inference import EncoderHandle, View, embed_prepared, has_view, open_encoder, prepare_record
 from mmrep.records import Product, Query, Triplet
-from mmrep.export.format import (FAISS_FILE, FORMAT, INDEX, TENSOR, VERSION, EmbeddingFormatError, part_name,
-                                 read_part, read_part_meta)
 
-QUERY_EXT = "query.json"
-View = Literal["mm", "text", "image"]
-
-
-# ---------------------------------------------------------------------------------------------
-# encoders
-
-
-@dataclass
-class EncoderHandle:
-    """An encoder ready for inference plus what the data side needs to feed it."""
-
-    encoder: Any  # mmrep.model.Encoder
-    collator: Any  # mmrep.data.collate.Collator
-    name: str
-    fingerprint: str
-    device: str = "cpu"
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.encoder.embed_dim)
-
-
-def _sha256_files(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
-
-
-def resolve_device(device: str = "auto") -> str:
-    """`auto` -> this rank's GPU (cuda:LOCAL_RANK) when CUDA is usable, else the CPU."""
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
-    return "cpu"
-
-
-def open_encoder(path: str | Path | None = None, config: str | Path | None = None, seed: int = 0,
-                 max_images: int = 4, name: str = "", device: str = "auto") -> EncoderHandle:
-    """A trained encoder dir (`save_encoder` output) or a model config YAML (random init with `seed`)."""
-    from mmrep.config import from_dict, read_yaml, to_dict
-    from mmrep.model.config import ModelConfig
-    from mmrep.model.encoder import CONFIG_FILE, WEIGHTS_FILE, build_encoder, load_encoder
-
-    if (path is None) == (config is None):
-        raise MmrepError("give exactly one of an encoder dir (--encoder) or a model config (--encoder-config)")
-    if path is not None:
-        path = Path(path)
-        if not path.is_dir():
-            raise MmrepError(f"encoder dir not found: {path} (pass the encoder/ folder of a training run)")
-        if not (path / CONFIG_FILE).is_file() and (path / "encoder" / CONFIG_FILE).is_file():
-            path = path / "encoder"  # a training run folder: use its inference export
-        encoder = load_encoder(path)
-        fingerprint = _sha256_files([path / CONFIG_FILE, path / WEIGHTS_FILE])
-        label = name or (path.parent.name + "/" + path.name if path.name == "encoder" else path.name)
-    else:
-        raw = read_yaml(config)
-        if isinstance(raw.get("model"), dict):
-            raw = raw["model"]
-        cfg = from_dict(ModelConfig, raw, "model")
-        torch.manual_seed(seed)
-        encoder = build_encoder(cfg).eval()
-        fingerprint = hashlib.sha256(json.dumps([to_dict(cfg), seed], sort_keys=True).encode()).hexdigest()[:16]
-        label = name or f"{Path(config).stem} (random init, seed {seed})"
-    cfg = encoder.cfg
-    from mmrep.model.preprocess import build_preprocess
-
-    collator = build_preprocess(cfg, max_images=max_images)  # crops included: the same inputs as in training
-    device = resolve_device(device)
-    return EncoderHandle(encoder.to(device), collator, label, fingerprint, device)
-
-
-def select_view(inputs: EncoderInput, view: View) -> EncoderInput:
-    if view == "text":
-        return inputs.text_only()
-    if view == "image":
-        return inputs.image_only()
-    return inputs
-
-
-def has_view(record: Product | Query, view: View) -> bool:
-    """Whether a record can be embedded in this view (mm needs at least one modality)."""
-    if view == "text":
-        return record.has_text
-    if view == "image":
-        return record.has_image
-    return record.has_text or record.has_image
-
-
-@torch.inference_mode()
-def embed_records(handle: EncoderHandle, records: Sequence[Product | Query], view: View = "mm",
-                  batch_size: int = 64, dim: int = 0) -> np.ndarray:
-    """(N, D') float32 L2-normalised embeddings of products / queries in one view (D' = dim or D).
-
-    Every record must have the view's modality (`has_view`); batches never mix products and queries.
-    """
-    out = []
-    for start in range(0, len(records), batch_size):
-        out.append(embed_prepared(handle, [prepare_record(handle, r) for r in records[start : start + batch_size]],
-                                  view, dim))
-    d = dim or handle.embed_dim
-    return np.concatenate(out) if out else np.zeros((0, d), dtype=np.float32)
-
-
-def prepare_record(handle: EncoderHandle, record: Product | Query):
-    """Decode + resize + tokenize one record for `handle` (its collator adds MOON's core-region crops)."""
-    return handle.collator.prepare(record)
-
-
-@torch.inference_mode()
-def embed_prepared(handle: EncoderHandle, prepared: Sequence[Any], view: View = "mm", dim: int = 0) -> np.ndarray:
-    """(B, D') embeddings of one batch of prepared records (`prepare_record`): collate + forward."""
-    from mmrep.model.encoder import matryoshka
-
-    inputs = handle.collator.collate_products(prepared).inputs  # pads images + tokens (products and queries)
-    emb = handle.encoder(select_view(inputs, view).to(handle.device)).embedding.float()
-    if dim:
-        emb = matryoshka(emb, dim)
-    return emb.cpu().numpy()
-
-
-@torch.inference_mode()
-def embed_texts(handle: EncoderHandle, texts: Sequence[str], batch_size: int = 256, dim: int = 0) -> np.ndarray:
-    """(N, D') embeddings of plain strings (class prompts), text-only."""
-    from mmrep.model.encoder import matryoshka
-
-    out = []
-    for start in range(0, len(texts), batch_size):
-        emb = handle.encoder(handle.collator.texts(texts[start : start + batch_size]).to(handle.device)).embedding.float()
-        out.append((matryoshka(emb, dim) if dim else emb).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, dim or handle.embed_dim), dtype=np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# reading shard sets by raw position
-
-
-def query_sample(q: Query) -> dict[str, Any]:
-    """A query as a WebDataset sample: `<key>.query.json` + `<key>.q.N.<ext>` images."""
-    from mmrep.records import sample_key
-
-    meta = q.meta("q.")
-    sample: dict[str, Any] = {"__key__": sample_key(q.id), QUERY_EXT: meta}
-    sample.update(zip(meta["images"], q.images))
-    return sample
-
-
-def decode_record(sample: dict[str, Any]) -> Product | Query | Triplet:
-    """Raw sample -> Product / Triplet (mmrep.data's decoder) or Query (query.json); CorruptSample on failure."""
-    from mmrep.data.readers import decode_sample
-    from mmrep.data.transforms import CorruptSample
-
-    if QUERY_EXT in sample:
-        key, shard = str(sample.get("__key__", "")), str(sample.get("__url__", ""))
-        try:
-            meta = sample[QUERY_EXT]
-            meta = json.loads(meta) if isinstance(meta, (bytes, str)) else meta
-            return Query.from_meta(meta, sample)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
-            detail = f"query metadata is malformed ({type(e).__name__}: {e})"
-            raise CorruptSample(f"shard {shard}, sample {key}: {detail}", key=key, shard=shard, reason="bad_json",
-                                detail=detail) from None
-    return decode_sample(sample)
-
-
-def iter_raw(url: str, skipper: Any = None, expected: int | None = None) -> Iterator[dict[str, Any]]:
-    """The raw samples of one tar in order, through the shared shard reader (`mmrep.data.readers.ShardSamples`).
-
-    Without a `skipper` a damaged tar fails as one line naming it; with one it is counted (with the samples
-    its manifest says were lost) and the read stops there."""
-    from mmrep.data.readers import ShardSamples, SkipStats, _Skipper
-
-    counts = {str(Path(url)): expected} if expected is not None else {}
-    strict = skipper is None
-    reader = ShardSamples(skipper if skipper is not None else _Skipper(SkipStats(), strict=True), counts)
-    try:
-        yield from reader(iter([{"url": url}]))
-    except MmrepError as e:
-        if not strict:
-            raise
-        detail = str(e).split(": ", 1)[-1].split(" (strict mode")[0]
-        raise MmrepError(f"shard {url} is damaged ({detail}); re-write it") from None
-
+# mmrep/evaluation/cli.py still imports these two from here; it moves to mmrep.inference when issue 12 merges
+from mmrep.inference import check_dim, embed_records  # noqa: E402,F401
 
 def as_exportable(record: Product | Query | Triplet, kind: str) -> Product | Query:
     """The record to embed for `kind` ("items" or "queries")."""
@@ -357,25 +170,6 @@ def write_part(file: Path, ids: list[str], emb: np.ndarray, meta: dict[str, str]
         f.write(data)
 
 
-def _dist() -> tuple[int, int]:
-    """(rank, world) from the launcher's environment; initialises a gloo group when world > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(hours=2))
-    return rank, world
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 # What an export writes (and so all that --overwrite may delete): temp files are `.<name>.<random>.tmp`.
 OWN_FILES = (INDEX, FAISS_FILE, "export.yaml", MARKER, "part-*.safetensors", f".{INDEX}.*.tmp", f".{FAISS_FILE}.tmp",
              ".part-*.tmp", ".export.yaml.*.tmp")
@@ -421,19 +215,19 @@ def export(cfg: ExportConfig, handle: EncoderHandle | None = None) -> dict[str, 
         raise MmrepError(f"--dim {cfg.dim} exceeds the encoder's embedding size {handle.embed_dim}")
     out = Path(cfg.out)
     parts = plan_parts(cfg.shards, cfg.part_size)
-    rank, world = _dist()
+    rank, world = distributed.init_gloo_from_launcher()
     if rank == 0:
         _prepare_out(out, cfg.overwrite)
         save_resolved(cfg, out, "export.yaml")
-    _barrier(world)
+    distributed.barrier()
     settings = _settings(cfg, handle)
     mine = [p for p in parts if p.index % world == rank]
     todo = [p for p in mine if not part_is_done(out / p.name, p, settings)]
     _export_parts(cfg, handle, todo, out, settings, show=cfg.progress and rank == 0,
                   reused=len(mine) - len(todo))
-    _barrier(world)
+    distributed.barrier()
     index = finalize(cfg, handle, parts, out, settings) if rank == 0 else {}
-    _barrier(world)
+    distributed.barrier()
     return index
 
 
@@ -469,7 +263,8 @@ def _export_parts(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part], ou
             "source": str(part.url), "start": str(part.start)})
         ids, embs = [], []
     bar.close()
-    stats.report(f"export {cfg.shards}" + (f" (rank {os.environ.get('RANK')})" if os.environ.get("RANK") else ""))
+    rank, world = distributed.launcher_rank_world()
+    stats.report(f"export {cfg.shards}" + (f" (rank {rank})" if world > 1 else ""))
     if show and done:
         dt = time.perf_counter() - t0
         print(f"exported {done} rows in {dt:.1f} s ({done / max(dt, 1e-9):.0f} items/s) on this rank")
@@ -480,6 +275,7 @@ def _prepared_batches(cfg: ExportConfig, handle: EncoderHandle, todo: list[Part]
     """Read + decode the parts' rows into batches: (part, prepared batch, None) while a part fills,
     then (part, last batch, skipped count) when it is complete. Corrupt samples and damaged shards are
     skipped and counted by `skipper` (which raises in strict mode)."""
+    from mmrep.data.readers import decode_record, iter_raw
     from mmrep.data.transforms import CorruptSample
 
     by_url: dict[str, list[Part]] = {}
@@ -631,16 +427,7 @@ def build_faiss(out: Path, names: list[str], cfg: ExportConfig, dim: int) -> tup
     return FAISS_FILE, dataclasses.asdict(report)
 
 
-def check_dim(stored: int, handle: EncoderHandle, dim: int = 0, what: str = "stored embeddings") -> None:
-    """A clear error when an encoder's output size differs from embeddings computed elsewhere."""
-    mine = dim or handle.embed_dim
-    if mine != stored:
-        raise MmrepError(f"encoder {handle.name} gives {mine}-d embeddings but the {what} are {stored}-d; "
-                         "use the encoder that produced them (or the matching --dim)")
-
-
-__all__ = ["ExportConfig", "EncoderHandle", "save_embeddings", "open_encoder", "embed_records", "embed_texts", "export", "plan_parts",
-           "query_sample", "decode_record", "check_dim", "EmbeddingFormatError", "read_part"]
+__all__ = ["ExportConfig", "Part", "export", "finalize", "plan_parts", "save_embedding_parts", "save_embeddings"]
 
 
 def save_embeddings(out: str | Path, ids: Sequence[str], emb: np.ndarray, part_size: int = 100_000,

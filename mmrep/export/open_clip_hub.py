@@ -43,7 +43,7 @@ def export_open_clip_hub(encoder, out_dir: str | Path, card: str = "", hf_text_i
     import torch
     from safetensors.torch import save_file
 
-    from mmrep.model.clip import ClipEncoder
+    from mmrep.model.backbones.clip import ClipEncoder
 
     if not isinstance(encoder, ClipEncoder):
         raise MmrepError(f"--format open_clip needs a two-tower 'clip' encoder, this one is {encoder.cfg.backbone!r}; "

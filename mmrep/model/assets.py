@@ -27,11 +27,11 @@ def source_dir(name: str, key: str) -> str:
 
 
 def _needed(model: dict[str, Any], section: str) -> bool:
-    if section == "text":
-        return model["backbone"] in ("fusion", "clip") and model["text"]["backend"] == "hf" and bool(model["text"]["name"])
     if section == "tokenizer":
         return model["tokenizer"]["backend"] == "hf"
-    return model["backbone"] == "mllm" and bool(model["mllm"]["path"])
+    from mmrep.model.registry import get_backbone
+
+    return section in get_backbone(model["backbone"]).assets(model)
 
 
 def _copy(section: str, src: str, dest: Path, family: str) -> None:
@@ -44,9 +44,9 @@ def _copy(section: str, src: str, dest: Path, family: str) -> None:
 
         AutoConfig.from_pretrained(src).save_pretrained(dest)
     else:
-        from mmrep.model.mllm import _classes
+        from mmrep.model.qwen import qwen_classes
 
-        _classes(family)[0].from_pretrained(src).save_pretrained(dest)
+        qwen_classes(family)[0].from_pretrained(src).save_pretrained(dest)
 
 
 def bundle(model: dict[str, Any], folder: Path) -> dict[str, Any]:

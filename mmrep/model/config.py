@@ -176,7 +176,7 @@ class MllmConfig:
 class ModelConfig:
     """The whole encoder: backbone choice, tower shapes, MoE, output size, and what the data layer must match."""
 
-    backbone: Literal["fusion", "clip", "mllm"] = "fusion"
+    backbone: str = "fusion"  # a registered backbone (mmrep.model.registry): fusion, clip, mllm
     embed_dim: int = 64
     matryoshka_dims: list[int] = field(default_factory=list)
     image_size: int = 32
@@ -199,16 +199,17 @@ class ModelConfig:
                 raise MmrepError(f"model.matryoshka_dims entry {d} must be in 1..embed_dim ({self.embed_dim})")
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             raise MmrepError("model.image_mean / model.image_std must hold 3 numbers (std > 0)")
-        if self.backbone != "mllm" and self.image_size % self.vision.patch_size:
-            raise MmrepError(f"model.image_size ({self.image_size}) must be a multiple of model.vision.patch_size")
-        if self.backbone == "mllm" and self.image_size % (2 * self.mllm.patch_size):
-            raise MmrepError("model.image_size must be a multiple of 2 * model.mllm.patch_size (Qwen2-VL merges 2x2)")
-        if self.backbone == "clip":
-            if self.moe.enabled:
-                raise MmrepError("model.backbone 'clip' is the dense two-tower baseline: set model.moe.mode to 'dense'")
-        if self.backbone in ("clip", "fusion") and self.text.backend == "hf" and self.text.name \
-                and self.tokenizer.backend != "hf":
-            raise MmrepError("model.text.name is an HF encoder: set model.tokenizer.backend 'hf' and tokenizer.path "
-                             "to its dir (or the same python:PACKAGE)")
-        if self.backbone in ("clip", "fusion") and self.text.backend == "open_clip" and self.tokenizer.backend != "open_clip":
-            raise MmrepError("model.text.backend 'open_clip' reads open_clip ids: set model.tokenizer.backend 'open_clip'")
+        from mmrep.model.registry import get_backbone
+
+        get_backbone(self.backbone).check(self)  # each backbone validates the sections it reads
+
+
+def check_towers(cfg: ModelConfig) -> None:
+    """Checks shared by the backbones built on `model.vision` + `model.text` towers (fusion, clip)."""
+    if cfg.image_size % cfg.vision.patch_size:
+        raise MmrepError(f"model.image_size ({cfg.image_size}) must be a multiple of model.vision.patch_size")
+    if cfg.text.backend == "hf" and cfg.text.name and cfg.tokenizer.backend != "hf":
+        raise MmrepError("model.text.name is an HF encoder: set model.tokenizer.backend 'hf' and tokenizer.path "
+                         "to its dir (or the same python:PACKAGE)")
+    if cfg.text.backend == "open_clip" and cfg.tokenizer.backend != "open_clip":
+        raise MmrepError("model.text.backend 'open_clip' reads open_clip ids: set model.tokenizer.backend 'open_clip'")

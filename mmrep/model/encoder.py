@@ -1,4 +1,4 @@
-"""The encoder interface shared by every backbone, plus build / save / load / matryoshka.
+"""The encoder interface shared by every backbone, plus save / load / matryoshka (build: mmrep.model.registry).
 
 `Encoder.forward(inputs, objective=None) -> EncoderOutput`. Backbones implement `encode(inputs)`
 returning un-normalised (B, D) embeddings and the MoE routing records; this base class turns them
@@ -56,7 +56,7 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.embed_dim = cfg.embed_dim
         moe = cfg.moe
-        if moe.enabled and cfg.backbone != "clip":
+        if moe.enabled:
             self.preference_logits = nn.Parameter(torch.randn(moe.num_experts, moe.num_objectives) * 0.02)
         else:
             self.preference_logits = None
@@ -110,14 +110,6 @@ def matryoshka(embedding: torch.Tensor, dim: int) -> torch.Tensor:
     return F.normalize(embedding[..., :dim], dim=-1)
 
 
-def build_encoder(cfg: ModelConfig, load_pretrained: bool = True) -> Encoder:
-    """The encoder for `cfg.backbone`; `load_pretrained=False` skips tower weights (load_encoder fills them)."""
-    from mmrep.model import clip, fusion, mllm
-
-    builders = {"fusion": fusion.FusionEncoder, "clip": clip.ClipEncoder, "mllm": mllm.MllmEncoder}
-    return builders[cfg.backbone](cfg, load_pretrained=load_pretrained)
-
-
 def save_encoder(encoder: Encoder, out_dir: str | Path) -> Path:
     """Write `config.json` + `model.safetensors` (atomically; an existing dir is replaced whole)."""
     from safetensors.torch import save_model
@@ -157,6 +149,8 @@ def load_encoder(path: str | Path, map_location: str = "cpu") -> Encoder:
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
         raise MmrepError(f"{weights} is missing; the encoder dir is incomplete")
+    from mmrep.model.registry import build_encoder
+
     encoder = build_encoder(cfg, load_pretrained=False)
     try:
         load_model(encoder, str(weights), strict=True, device=map_location)

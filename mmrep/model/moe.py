@@ -13,8 +13,6 @@ Backends: `native` (sort tokens by expert, run each expert on its slice, index_a
 from __future__ import annotations
 
 import copy
-import os
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrep.batch import TokenType
+from mmrep.distributed import all_gather_objects, init_single_process_deepspeed
 from mmrep.model.config import MoEConfig
 
 CATEGORY_EXPERT, ATTRIBUTE_EXPERT = 0, 1
@@ -134,23 +133,6 @@ class MoELayer(nn.Module):
         return y
 
 
-def ensure_single_process_dist() -> None:
-    """Initialise torch.distributed (gloo) for DeepSpeed MoE in a plain single process, if nobody has."""
-    import deepspeed
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return
-    # DeepSpeed would JIT-compile a shared-memory comm op (30-70 s) on first init; we do not need it.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed(dist_backend="gloo")
-
-
 class DeepSpeedMoELayer(nn.Module):
     """`deepspeed.moe.layer.MoE` behind the MoELayer interface (modality mode, no token dropping).
 
@@ -163,7 +145,7 @@ class DeepSpeedMoELayer(nn.Module):
         super().__init__()
         from deepspeed.moe.layer import MoE
 
-        ensure_single_process_dist()
+        init_single_process_deepspeed()
         self.cfg = cfg
         self.num_experts = cfg.num_experts
         self.top_k = cfg.top_k
@@ -194,8 +176,6 @@ def gather_experts(encoder: nn.Module) -> tuple[dict[str, torch.Tensor], bool]:
     num_experts / ep_size of them, numbered locally): collective over each layer's expert-parallel group, so
     every rank calls it; local expert i of EP rank r becomes global expert r * local + i, the numbering a
     one-process (ep_size 1) model uses. -> (state, whether anything was gathered)."""
-    import torch.distributed as dist
-
     state = encoder.state_dict()
     layers = [(n, m) for n, m in encoder.named_modules() if isinstance(m, DeepSpeedMoELayer) and m.cfg.ep_size > 1]
     if not layers:
@@ -206,8 +186,7 @@ def gather_experts(encoder: nn.Module) -> tuple[dict[str, torch.Tensor], bool]:
         experts = layer.moe.deepspeed_moe.experts
         group = groups._get_expert_parallel_group(layer.moe.expert_group_name)
         local = [{k: v.detach().float().cpu() for k, v in e.state_dict().items()} for e in experts.deepspeed_experts]
-        every: list[list[dict[str, torch.Tensor]]] = [None] * dist.get_world_size(group)  # type: ignore[list-item]
-        dist.all_gather_object(every, local, group=group)
+        every: list[list[dict[str, torch.Tensor]]] = all_gather_objects(local, group=group)
         prefix = f"{name}.moe.deepspeed_moe.experts.deepspeed_experts."
         state = {k: v for k, v in state.items() if not k.startswith(prefix)}
         for ep_rank, part in enumerate(every):

@@ -3,10 +3,12 @@
 It matches the model's tokenizer, image size and normalisation, and its core-region crop setting
 (`crop: view` adds a second view, `crop: extra_image` feeds each image followed by its crop). Training
 adds random crops / flips and sampled text views; everything else is identical, so an item gives the
-same input tensors wherever it is encoded (tests/model/test_preprocess.py).
+same input tensors wherever it is encoded (tests/train/test_preprocess.py).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from mmrep.data.collate import Collator
 from mmrep.data.tokenize import ProductTokenizer, TextViews
@@ -31,3 +33,21 @@ def build_preprocess(cfg: ModelConfig, max_images: int, train: bool = False, see
     sampler = TextViews(text_views, seed) if train and text_views else None
     return Collator(tokenizer or ProductTokenizer(cfg.tokenizer), image_transform(cfg, train, seed, augment), max_images,
                     view_transform=view, images_prep=images_prep, text_views=sampler)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """A model's preprocessing, as `mmrep.model.factory` returns it beside the encoder.
+
+    `collator(train)` builds a fresh Collator each call (its random crops / text views start from `seed`),
+    so a rebuilt training loader replays the same stream."""
+
+    cfg: ModelConfig
+    max_images: int
+    seed: int | None = None
+    text_views: dict[str, float] | None = field(default=None)
+    augment: ImageAugment | None = None  # training image augmentation (data.image_augment)
+
+    def collator(self, train: bool = False) -> Collator:
+        return build_preprocess(self.cfg, self.max_images, train=train, seed=self.seed, text_views=self.text_views,
+                                augment=self.augment)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from mmrep.distributed import LAUNCHER_ENV
 from mmrep.sweeps.spec import Sweep
 
 
@@ -106,7 +107,7 @@ def execute(planned: list[PlannedRun], parallel: int = 1, gpus: list[str] | None
             env = {**base, **pr.env}
             if slots[slot] is not None:
                 env["CUDA_VISIBLE_DEVICES"] = slots[slot]
-            for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            for k in LAUNCHER_ENV:
                 env.pop(k, None)  # each run is its own process group
             pr.log.parent.mkdir(parents=True, exist_ok=True)
             _write_args_json(pr)

@@ -26,15 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from mmrep.distributed import barrier, rank_world
 from mmrep.errors import MmrepError
 from mmrep.fsutil import atomic_write
+from mmrep.model.from_checkpoint import LATEST, list_tags, read_latest, resolve_tag, tag_for  # the folder layout
 
-LATEST = "latest"
 TMP_PREFIX = ".tmp-"
 STATE_FILE = "trainer_state.json"
-_TAG = re.compile(r"^global_step(\d+)$")
 
 
 @dataclass
@@ -52,43 +51,6 @@ class CheckpointConfig:
             raise MmrepError("checkpoint.every_steps must be >= 0 (0 saves only at the end)")
         if self.keep_last < 1:
             raise MmrepError("checkpoint.keep_last must be at least 1")
-
-
-def tag_for(step: int) -> str:
-    return f"global_step{step}"
-
-
-def list_tags(ckpt_dir: str | Path) -> list[str]:
-    """Complete checkpoint tags, oldest first."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return []
-    tags = [(int(m.group(1)), p.name) for p in ckpt_dir.iterdir() if p.is_dir() and (m := _TAG.match(p.name))]
-    return [name for _, name in sorted(tags)]
-
-
-def read_latest(ckpt_dir: str | Path) -> str | None:
-    path = Path(ckpt_dir) / LATEST
-    if not path.is_file():
-        return None
-    tag = path.read_text().strip()
-    return tag if (Path(ckpt_dir) / tag).is_dir() else None
-
-
-def resolve_tag(ckpt_dir: str | Path, resume: str) -> str:
-    """`latest` or an explicit tag -> an existing complete tag, or MmrepError naming what exists."""
-    ckpt_dir = Path(ckpt_dir)
-    tags = list_tags(ckpt_dir)
-    if resume == LATEST:
-        tag = read_latest(ckpt_dir) or (tags[-1] if tags else None)
-        if tag is None:
-            raise MmrepError(f"--resume latest: no checkpoint in {ckpt_dir} (train without --resume first, "
-                             f"or set checkpoint.dir to the run's checkpoint folder)")
-        return tag
-    if resume not in tags:
-        raise MmrepError(f"--resume {resume}: no such checkpoint in {ckpt_dir} "
-                         f"(available: {', '.join(tags) or 'none'}; or use --resume latest)")
-    return resume
 
 
 def clean_stale(ckpt_dir: str | Path) -> list[str]:
@@ -158,11 +120,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def _discard(path: Path) -> None:
     """Delete a checkpoint dir without ever exposing a half-deleted one under its tag: rename it to a
     temp name first (a kill mid-delete leaves only a temp dir, which `clean_stale` removes)."""
@@ -181,14 +138,14 @@ def save(engine, ckpt_dir: str | Path, step: int, trainer_state: dict[str, Any],
     ckpt_dir = Path(ckpt_dir)
     tag = tag_for(step)
     tmp_tag = TMP_PREFIX + tag
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = rank_world()[0]
     if rank == 0:
         shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
-    _barrier()
+    barrier()
     engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state={"trainer": trainer_state}, save_latest=False)
     (ckpt_dir / tmp_tag).mkdir(parents=True, exist_ok=True)
     torch.save({"rng": rng_state(), "state": rank_state or {}}, ckpt_dir / tmp_tag / f"rank{rank}_state.pt")
-    _barrier()  # every rank's files are on disk
+    barrier()  # every rank's files are on disk
     if rank == 0:
         with atomic_write(ckpt_dir / tmp_tag / STATE_FILE, "w") as f:
             json.dump(trainer_state, f, indent=1)
@@ -200,7 +157,7 @@ def save(engine, ckpt_dir: str | Path, step: int, trainer_state: dict[str, Any],
             f.write(tag)
         for old in list_tags(ckpt_dir)[:-keep_last]:
             _discard(ckpt_dir / old)
-    _barrier()
+    barrier()
     return tag
 
 
@@ -209,7 +166,7 @@ def load(engine, ckpt_dir: str | Path, tag: str, trust: bool = False) -> tuple[d
 
     Every file is read with `safe_load` unless `trust` (the user vouches for the checkpoint)."""
     ckpt_dir = Path(ckpt_dir)
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = rank_world()[0]
     rank_file = ckpt_dir / tag / f"rank{rank}_state.pt"
     # the small per-rank file first: a refused file then stops the resume before any weights are touched
     saved = (torch.load(rank_file, weights_only=False) if trust else safe_load(rank_file)) if rank_file.is_file() else None

@@ -12,7 +12,8 @@ import contextlib
 from typing import Iterator
 
 import torch
-import torch.distributed as dist
+
+from mmrep.distributed import all_reduce_sum
 
 
 class StepFlops:
@@ -32,6 +33,5 @@ class StepFlops:
         with counter:
             yield
         total = torch.tensor([float(counter.get_total_flops())], dtype=torch.float64)
-        if self.world > 1 and dist.is_initialized():
-            dist.all_reduce(total)  # ranks can differ (a micro-batch lacking a view skips encoder calls)
+        all_reduce_sum(total)  # ranks can differ (a micro-batch lacking a view skips encoder calls)
         self.per_step = int(total.item())

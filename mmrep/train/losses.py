@@ -14,59 +14,20 @@ import math
 from typing import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mmrep.distributed import gather_no_grad, gather_with_grad, global_sum, rank_world
 from mmrep.errors import MmrepError
 
 
 # ----------------------------------------------------------------------------- distributed helpers
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """(B, ...) on each rank -> (W*B, ...) in rank order; gradients flow back to every rank's part.
-
-    Every rank must pass the same B (pad and mask otherwise)."""
-    _, size = world()
-    if size == 1:
-        return x
-    import torch.distributed.nn.functional as dist_nn
-
-    return torch.cat(dist_nn.all_gather(x.contiguous()), dim=0)
-
-
-def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
-    """(B, ...) -> (W*B, ...) without autograd (ids, masks, categories)."""
-    _, size = world()
-    if size == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(size)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
-
-
-def global_sum(value: torch.Tensor) -> torch.Tensor:
-    """Sum of a (no-grad) tensor over ranks."""
-    _, size = world()
-    if size == 1:
-        return value
-    value = value.detach().clone()
-    dist.all_reduce(value)
-    return value
-
-
 def global_mean(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of per-sample `values` (B,) over the valid samples of ALL ranks, as this rank's share.
 
     Returns W * sum_local / count_global, so averaging it over ranks gives the global mean; 0 (with
     grad) when no rank has a valid sample."""
-    _, size = world()
+    _, size = rank_world()
     if mask is None:
         mask = torch.ones_like(values, dtype=torch.bool)
     local = torch.where(mask, values, values.new_zeros(())).sum()
@@ -155,7 +116,7 @@ def symmetric_contrastive(
     a, b (B, D) paired rows; valid (B,) rows that hold both sides; ids (B,) int64 item ids of the a
     side (ids_b of the b side, default = ids) so that duplicates of an item are not negatives. Returns (per-sample loss (B,) = mean of both
     directions, zero where invalid; this rank's share of the global mean loss, a scalar)."""
-    rank, _ = world()
+    rank, _ = rank_world()
     n = a.shape[0]
     if valid is None:
         valid = torch.ones(n, dtype=torch.bool, device=a.device)

@@ -25,8 +25,9 @@ from mmrep.batch import EncoderInput
 from mmrep.errors import MmrepError
 from mmrep.records import Interaction, ItemPair
 from mmrep.train.filtering import DynamicFilter, filter_stats, hardest_negative
-from mmrep.train.losses import (LogitScale, gather_no_grad, gather_with_grad, global_mean, global_sum, id_hash, info_nce,
-                                matryoshka_weights, symmetric_contrastive, truncate, world)
+from mmrep.distributed import all_reduce_max, gather_no_grad, gather_with_grad, global_sum, rank_world
+from mmrep.train.losses import (LogitScale, global_mean, id_hash, info_nce, matryoshka_weights, symmetric_contrastive,
+                                truncate)
 from mmrep.train.negatives import MemoryQueue, mine_hard_negatives
 
 VIEWS = ("t", "i", "mm")  # objective ids 0 / 1 / 2 = the encoder's W* columns (MOON2.0's ω)
@@ -471,7 +472,7 @@ class PosttrainObjective(Objective):
             mask = torch.tensor(present, device=raw.device)
             omega = torch.where(mask, raw, torch.zeros_like(raw))
             omega = omega / omega.sum().clamp_min(1e-12)
-            scale = world()[1] if cfg.gather else 1
+            scale = rank_world()[1] if cfg.gather else 1
             if scale > 1 and omega.requires_grad:
                 omega = omega.detach() + scale * (omega - omega.detach())
             reg = None
@@ -487,7 +488,7 @@ class PosttrainObjective(Objective):
         """Once per step at full dim: the gathered candidate pool (with grad) and its (B, C) mask, the
         hard-negative indices, the filtering weights per view and the view weights ω."""
         cfg = self.cfg
-        rank, _ = world()
+        rank, _ = rank_world()
         pos, pos_ids, neg, neg_mask = f["emb/pos"], f["ids/pos"], f["emb/neg"], f["valid/neg"]
         b, k = neg_mask.shape
         dev = pos.device
@@ -569,7 +570,7 @@ class PosttrainObjective(Objective):
             term = global_mean(per, valid)
             w = ctx["omega"][v]
             if w.requires_grad:  # ω's gradient sees the global term (each rank holds only its share)
-                size = world()[1] if cfg.gather else 1
+                size = rank_world()[1] if cfg.gather else 1
                 mean_term = self._global_sum(term.detach()) / size
                 inter = inter + w.detach() * term + (w - w.detach()) * mean_term
             else:
@@ -603,14 +604,7 @@ class PosttrainObjective(Objective):
 
 def _global_max(k: int, device: torch.device) -> int:
     """The largest K over ranks (every rank pads its negatives to it before gathering)."""
-    _, size = world()
-    if size == 1:
-        return k
-    import torch.distributed as dist
-
-    t = torch.tensor([k], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t)
+    return int(all_reduce_max(torch.tensor([k], device=device)))
 
 
 # ----------------------------------------------------------------------------- item alignment (QARM)

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import warnings
@@ -27,15 +26,16 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from mmrep import distributed
 from mmrep.config import from_dict, read_yaml, save_resolved, to_dict
 from mmrep.data.readers import DataConfig
 from mmrep.evaluation.heldout import HeldoutConfig
 from mmrep.errors import MmrepError
 from mmrep.fsutil import MARKER, drop_aside, has_marker, restore_aside, set_aside, write_marker
 from mmrep.model.config import ModelConfig
+from mmrep.model.registry import get_backbone
 from mmrep.train import checkpoint as ckpt
 from mmrep.train.checkpoint import CheckpointConfig
 from mmrep.train.flops import StepFlops
@@ -165,32 +165,6 @@ def load_config(path: str | None, overrides: list[str] = (), stage: str | None =
 # ---------------------------------------------------------------------------------------------- setup
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def setup_distributed() -> tuple[int, int]:
-    """Initialise torch.distributed through DeepSpeed (gloo on CPU); works without a launcher. -> (rank, world)."""
-    import deepspeed
-
-    if "RANK" not in os.environ:  # plain `python train.py`: a one-process group, no MPI discovery
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    # Skip the 30-70 s JIT build of the shared-memory comm op (DeepSpeed's own gate).
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    if "OMP_NUM_THREADS" not in os.environ and local_world > 1:
-        # the launcher does not split the cores between ranks; oversubscription slows every rank
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=None if torch.cuda.is_available() else "gloo",
-                                   auto_mpi_discovery=False, verbose=False)
-    return dist.get_rank(), dist.get_world_size()
-
-
 def resolve_ds_path(path: str) -> Path:
     from mmrep.config_files import find_config
 
@@ -225,7 +199,7 @@ def deepspeed_config(cfg: TrainConfig, use_bf16: bool) -> dict[str, Any]:
 
 def is_moe(encoder: nn.Module) -> bool:
     cfg = getattr(encoder, "cfg", None)
-    if cfg is not None and getattr(getattr(cfg, "moe", None), "enabled", False) and getattr(cfg, "backbone", "") != "clip":
+    if cfg is not None and getattr(getattr(cfg, "moe", None), "enabled", False):  # backbones without MoE refuse it
         return True
     return any(getattr(p, "allreduce", True) is False for p in encoder.parameters())
 
@@ -386,7 +360,7 @@ class Trainer:
         import deepspeed
 
         self.cfg = cfg
-        self.rank, self.world = setup_distributed()
+        self.rank, self.world = distributed.init_deepspeed()
         self.out_dir = Path(cfg.output_dir)
         self.ckpt_dir = cfg.checkpoint_dir
         self._check_output_dir()
@@ -407,10 +381,10 @@ class Trainer:
         if zero_stage == 3 and is_moe(self.encoder):
             raise MmrepError("ZeRO-3 does not support Mixture-of-Experts models; use deepspeed.zero_stage 0-2 "
                              "(configs/deepspeed/zero2.json) or model.moe.mode=dense")
-        if zero_stage == 3 and self.world > 1 and self.model_cfg.backbone != "fusion":
-            warnings.warn(f"ZeRO-3 on several ranks: only the fusion backbone runs every tower on every rank "
-                          f"(`uniform_calls`); with backbone {self.model_cfg.backbone!r} a micro-batch that lacks a "
-                          "modality can make gloo/NCCL abort. Prefer ZeRO-2 (configs/deepspeed/zero2.json)")
+        if zero_stage == 3 and self.world > 1 and not get_backbone(self.model_cfg.backbone).uniform_calls:
+            warnings.warn(f"ZeRO-3 on several ranks: backbone {self.model_cfg.backbone!r} does not run every tower on "
+                          "every rank (`uniform_calls`), so a micro-batch that lacks a modality can make gloo/NCCL "
+                          "abort. Prefer ZeRO-2 (configs/deepspeed/zero2.json)")
         # ZeRO-3 gathers partitioned parameters inside each module's forward, so a fence over all of them cannot
         # be built there; its gradients are reduced by per-parameter hooks rather than by arrival order
         module.grad_fence = self.world > 1 and zero_stage == 2
@@ -459,7 +433,7 @@ class Trainer:
             # an --overwrite start that died before its first checkpoint: the run it replaced is still whole
             restore_aside(self.out_dir, PREVIOUS)
             restore_aside(self.ckpt_dir, PREVIOUS)
-        dist.barrier()
+        distributed.barrier()
         has_run = (self.ckpt_dir / ckpt.LATEST).exists() or (self.out_dir / "encoder").exists() or \
             bool(ckpt.list_tags(self.ckpt_dir))
         if has_run and not resume and not overwrite:
@@ -496,7 +470,7 @@ class Trainer:
                                         "from": self.resumed_from, "step": self.step, "argv": sys.argv}) + "\n")
             else:
                 save_resolved(self.cfg, self.out_dir)
-        dist.barrier()
+        distributed.barrier()
 
     def _first_checkpoint_landed(self) -> None:
         """The new run can be resumed now: the run it replaced is no longer needed."""
@@ -506,8 +480,10 @@ class Trainer:
         self._start_over = False
 
     def _build_encoder(self) -> nn.Module:
-        from mmrep.model import build_encoder, load_encoder
+        """The encoder (new, or `init_from` a finished run) and its preprocessing (`self.preprocess`)."""
+        from mmrep.model.factory import create_model_and_preprocess, load_model_and_preprocess
 
+        data, seed = self.cfg.data, self.cfg.seed + 7 * self.rank
         if self.cfg.init_from:
             src = Path(self.cfg.init_from)
             if (src / "encoder").is_dir():
@@ -515,18 +491,18 @@ class Trainer:
             if not src.is_dir():
                 raise MmrepError(f"init_from {self.cfg.init_from!r} is not an encoder dir or a run dir holding "
                                  "encoder/ (point it at a finished pretrain run)")
-            encoder = load_encoder(src).train()
+            encoder, self.preprocess = load_model_and_preprocess(src, data.max_images, seed, data.text_views,
+                                                                  augment=data.image_augment)
+            encoder.train()
             self.cfg.model = encoder.cfg  # the resolved config records the architecture actually trained
             return encoder
-        return build_encoder(self.cfg.model)
+        encoder, self.preprocess = create_model_and_preprocess(self.cfg.model, data.max_images, seed, data.text_views,
+                                                               augment=data.image_augment)
+        return encoder
 
     def collator(self, train: bool = True):
-        """The model's preprocessing (`build_preprocess`, as export uses it) with this run's text views."""
-        from mmrep.model.preprocess import build_preprocess
-
-        return build_preprocess(self.model_cfg, self.cfg.data.max_images, train=train,
-                                seed=self.cfg.seed + 7 * self.rank, text_views=self.cfg.data.text_views,
-                                augment=self.cfg.data.image_augment)
+        """The model's preprocessing (the factory's, as export uses it) with this run's text views."""
+        return self.preprocess.collator(train)
 
     def _build_loader(self):
         from mmrep.data.readers import train_loader
@@ -596,21 +572,16 @@ class Trainer:
             self.batches_in_epoch = 0
 
     def _rank_max(self, *values: float) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64)
-        if self.world > 1:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.tolist()
+        return distributed.all_reduce_max(torch.tensor(values, dtype=torch.float64)).tolist()
 
     def _mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Average step metrics over ranks (the mean of per-rank losses is the global-batch loss)."""
         if self.world == 1:
             return metrics
         keys = sorted(metrics)
-        gathered: list[list[str]] = [None] * self.world  # type: ignore[list-item]
-        dist.all_gather_object(gathered, keys)
+        gathered = distributed.all_gather_objects(keys)
         common = [k for k in keys if all(k in g for g in gathered)]
-        t = torch.tensor([metrics[k] for k in common], dtype=torch.float64)
-        dist.all_reduce(t)
+        t = distributed.all_reduce_sum(torch.tensor([metrics[k] for k in common], dtype=torch.float64))
         return {k: float(v) / self.world for k, v in zip(common, t)}
 
     def train_step(self, micro: list[Any]) -> dict[str, float]:
@@ -761,7 +732,7 @@ class Trainer:
                 fresh.load_state_dict({k: v.detach().float().clone() if v.is_floating_point() else v.detach().clone()
                                        for k, v in state.items()})
                 save_encoder(fresh.eval(), path)
-        dist.barrier()
+        distributed.barrier()
         return path
 
 

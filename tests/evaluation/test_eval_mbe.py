@@ -10,7 +10,8 @@ import pytest
 from mmrep.cli import main as mmrep_main
 from mmrep.errors import MmrepError
 from mmrep.evaluation import benchmark as bm
-from mmrep.export.embeddings import embed_records, open_encoder, save_embeddings
+from mmrep.export.embeddings import save_embeddings
+from mmrep.inference import embed_records, open_encoder
 from mmrep.records import Product
 
 
@@ -138,7 +139,7 @@ def test_world_converter(tmp_path):
 
     enc = tmp_path / "enc"
     from embedding_helpers import tiny_config
-    from mmrep.model.encoder import build_encoder, save_encoder
+    from mmrep.model import build_encoder, save_encoder
 
     save_encoder(build_encoder(tiny_config()).eval(), enc)
     assert mmrep_main(["export", "--encoder", str(enc), "--shards", str(tmp_path / "world" / "triplets" / "test"),

@@ -12,6 +12,7 @@ from mmrep.cli import main as mmrep_main
 from mmrep.data.readers import iter_products
 from mmrep.errors import MmrepError
 from mmrep.export import embeddings as ex
+from mmrep.inference import embed_records, open_encoder
 from mmrep.export.format import INDEX, load_embeddings, read_part
 
 from embedding_helpers import image_bytes, write_products
@@ -19,7 +20,7 @@ from embedding_helpers import image_bytes, write_products
 
 @pytest.fixture(scope="module")
 def handle(encoder_dir):
-    return ex.open_encoder(encoder_dir)
+    return open_encoder(encoder_dir)
 
 
 def run(handle, shards, out, **kw):
@@ -37,7 +38,7 @@ def test_export_layout_and_values(handle, products_dir, tmp_path):
     ids, emb = load_embeddings(tmp_path / "emb")
     products = list(iter_products(str(products_dir)))
     assert ids == [p.id for p in products]
-    direct = ex.embed_records(handle, products, "mm", batch_size=13)
+    direct = embed_records(handle, products, "mm", batch_size=13)
     np.testing.assert_allclose(emb, direct, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     import faiss
@@ -116,7 +117,7 @@ def test_refuses_to_clobber_and_other_encoders(handle, encoder_dir, products_dir
         run(handle, products_dir, out)
     assert run(handle, products_dir, out, overwrite=True)["count"] == 13
     (out / INDEX).unlink()
-    other = ex.open_encoder(config=None, path=encoder_dir)
+    other = open_encoder(config=None, path=encoder_dir)
     other.fingerprint = "someoneelse"
     with pytest.raises(MmrepError, match="another encoder"):
         run(other, products_dir, out)
@@ -221,7 +222,7 @@ def test_killed_export_process_resumes(handle, encoder_dir, tmp_path):
     ids, emb = load_embeddings(out)
     assert ids == [f"item-{i:03d}" for i in range(40)]
     products = list(iter_products(str(shards)))
-    np.testing.assert_allclose(emb, ex.embed_records(handle, products, "mm", batch_size=8), atol=1e-5)
+    np.testing.assert_allclose(emb, embed_records(handle, products, "mm", batch_size=8), atol=1e-5)
 
 
 def test_overwrite_deletes_only_the_exports_own_files_and_stale_temps_go(handle, products_dir, tmp_path):

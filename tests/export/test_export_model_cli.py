@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from mmrep.cli import main as mmrep_main
+from mmrep.data.readers import iter_products
+from mmrep.inference import embed_records, open_encoder
 from mmrep.model import load_encoder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +58,10 @@ def test_any_checkpoint_tag_becomes_an_encoder_folder(world, tmp_path, zero):
     assert mmrep_main(["export-model", "--checkpoint", str(tmp_path / "run" / "checkpoints"), "--tag", "global_step3",
                        "--out", str(tmp_path / "e3"), "--format", "encoder"]) == 0
     assert same_weights(load_encoder(tmp_path / "e3"), final)  # the last tag is the encoder training exported
+    # the Python API loads the same tag directly: bit-identical embeddings to the run's encoder folder
+    items = list(itertools.islice(iter_products(str(world / "items" / "train")), 4))
+    from_tag = open_encoder(checkpoint=tmp_path / "run" / "checkpoints", tag="global_step3", device="cpu")
+    np.testing.assert_array_equal(embed_records(from_tag, items), embed_records(open_encoder(tmp_path / "run"), items))
     assert mmrep_main(["export-model", "--checkpoint", str(tmp_path / "run"), "--tag", "global_step2",
                        "--out", str(tmp_path / "e2"), "--format", "all", "--data", "tiny synthetic world"]) == 0
     assert not same_weights(load_encoder(tmp_path / "e2" / "encoder"), final)  # an intermediate step: other weights
@@ -71,7 +79,7 @@ def test_deepspeed_moe_checkpoint_tag_merges_its_expert_files(world, tmp_path):
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     check = f"""
 import torch
-from mmrep.export.from_checkpoint import encoder_from_checkpoint
+from mmrep.model.from_checkpoint import encoder_from_checkpoint
 from mmrep.model import load_encoder
 a = encoder_from_checkpoint("{tmp_path / 'run'}", "global_step3").state_dict()
 b = load_encoder("{tmp_path / 'run' / 'encoder'}").state_dict()

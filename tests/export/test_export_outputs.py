@@ -11,6 +11,7 @@ import pytest
 
 from mmrep.cli import main as mmrep_main
 from mmrep.export import embeddings as ex
+from mmrep.inference import open_encoder
 from mmrep.export.faiss_index import build_index
 from mmrep.export.format import load_embeddings
 from mmrep.export.parquet import read_embeddings_parquet
@@ -18,7 +19,7 @@ from mmrep.export.parquet import read_embeddings_parquet
 
 @pytest.fixture(scope="module")
 def handle(encoder_dir):
-    return ex.open_encoder(encoder_dir)
+    return open_encoder(encoder_dir)
 
 
 def test_parquet_embeddings_read_back_equal_the_safetensors(handle, products_dir, tmp_path):

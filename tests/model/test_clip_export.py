@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from mmrep.data.tokenize import ProductTokenizer
 from mmrep.errors import MmrepError
 from mmrep.model import build_encoder
-from mmrep.model.clip import export_open_clip
+from mmrep.model.backbones.clip import export_open_clip
 from model_helpers import random_inputs, tiny_config
 
 

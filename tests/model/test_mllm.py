@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mmrep.batch import TokenType
 from mmrep.errors import MmrepError
 from mmrep.model import build_encoder, load_encoder, save_encoder
-from mmrep.model.mllm import masked_mean, qwen_patches, tiny_config as qwen_tiny_config
+from mmrep.model.backbones.mllm import masked_mean, qwen_patches, tiny_config as qwen_tiny_config
 from mmrep.model.moe import RoutedFFN
 from model_helpers import random_inputs, tiny_config
 

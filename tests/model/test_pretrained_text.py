@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from mmrep.data.tokenize import ProductTokenizer, TokenizerConfig
 from mmrep.errors import MmrepError
 from mmrep.model import build_encoder, load_encoder, save_encoder
-from mmrep.model.clip import export_open_clip
+from mmrep.model.backbones.clip import export_open_clip
 from mmrep.pretrained import ENV, allowed_packages, resolve_model_dir
 from model_helpers import random_inputs, tiny_config
 
@@ -203,7 +203,7 @@ def test_offline_minilm_package_loads_real_sentence_knowledge():
 @pytest.mark.parametrize("trainable", [0, 1])
 def test_clip_hf_text_tower_buckets_lengths_and_unlocks_top_layers(bert_package, trainable):
     """Rows of mixed lengths are encoded in length buckets: the result equals one batch-wide padded pass."""
-    import mmrep.model.clip as clip_mod
+    import mmrep.model.backbones.clip as clip_mod
 
     torch.manual_seed(0)
     enc = build_encoder(tiny_config("clip-tiny.yaml", *hf_overrides("python:tiny_bert_pkg", trainable)))

@@ -177,9 +177,9 @@ class WrongColourTitle:
 @pytest.fixture(scope="module")
 def trained_clip(tmp_path_factory):
     """A tiny open_clip two-tower (mmrep backbone "clip") trained to match colour images and titles."""
-    from mmrep.model.clip import export_open_clip
+    from mmrep.model.backbones.clip import export_open_clip
     from mmrep.model.config import ModelConfig
-    from mmrep.model.encoder import build_encoder, save_encoder
+    from mmrep.model import build_encoder, save_encoder
     from mmrep.model.preprocess import build_preprocess
     from mmrep.train.losses import ContrastiveLoss
 

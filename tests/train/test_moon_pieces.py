@@ -16,7 +16,7 @@ from mmrep.data.collate import Collator
 from mmrep.data.tokenize import ProductTokenizer
 from mmrep.data.transforms import ImageTransform
 from mmrep.model.config import ModelConfig
-from mmrep.model.encoder import build_encoder
+from mmrep.model import build_encoder
 from mmrep.records import Product
 from mmrep.train.filtering import DynamicFilter, hardest_negative
 from mmrep.train.objectives import LossConfig, PairBatch, build_objective

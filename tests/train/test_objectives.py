@@ -17,7 +17,7 @@ from mmrep.data.tokenize import ProductTokenizer
 from mmrep.data.transforms import ImageTransform
 from mmrep.errors import MmrepError
 from mmrep.model.config import ModelConfig
-from mmrep.model.encoder import build_encoder
+from mmrep.model import build_encoder
 from mmrep.records import Interaction, Product, Query, Triplet
 from mmrep.train.objectives import (Features, LossConfig, PairBatch, PosttrainObjective, build_objective,
                                     concat_features, mine_user_item_pairs)

@@ -33,7 +33,7 @@ def _product(n_images: int = 1) -> Product:
 
 
 def test_trainer_and_export_feed_identical_tensors_crops_included(th, tiny_world, tmp_path):
-    from mmrep.export.embeddings import open_encoder
+    from mmrep.inference import open_encoder
     from mmrep.train.trainer import Trainer
 
     cfg = th.config(tiny_world, tmp_path / "run", **{"model.crop": "extra_image", "data.max_images": 2})

@@ -28,22 +28,14 @@ from mmrep.errors import MmrepError
 from mmrep.model.config import ModelConfig
 from mmrep.model.encoder import Encoder
 from mmrep.model.moe import Routing, RoutedFFN, upcycle
-
-
-def _classes(family: str) -> tuple[Any, Any]:
-    if family == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
-
-        return Qwen2_5_VLConfig, Qwen2_5_VLModel
-    from transformers import Qwen2VLConfig, Qwen2VLModel
-
-    return Qwen2VLConfig, Qwen2VLModel
+from mmrep.model.qwen import qwen_classes
+from mmrep.model.registry import register_backbone
 
 
 def tiny_config(cfg: ModelConfig) -> Any:
     """A small random Qwen2-VL-family config built offline from `cfg.mllm`."""
     m = cfg.mllm
-    config_cls, _ = _classes(m.family)
+    config_cls, _ = qwen_classes(m.family)
     head_dim = m.hidden_size // m.heads
     if head_dim % 2 or head_dim < 8:
         raise MmrepError("model.mllm.hidden_size / heads must be an even head size of at least 8")
@@ -78,13 +70,23 @@ def qwen_patches(images: torch.Tensor, patch: int, temporal: int, merge: int) ->
     return flat, grid
 
 
+def check_config(cfg: ModelConfig) -> None:
+    if cfg.image_size % (2 * cfg.mllm.patch_size):
+        raise MmrepError("model.image_size must be a multiple of 2 * model.mllm.patch_size (Qwen2-VL merges 2x2)")
+
+
+def assets(model: dict) -> tuple[str, ...]:
+    return ("mllm",) if model["mllm"]["path"] else ()
+
+
+@register_backbone("mllm", check_config, assets)
 class MllmEncoder(Encoder):
     """Qwen2-VL-family model (HF transformers) with upcycled MoE decoder MLPs -> (B, embed_dim)."""
 
     def __init__(self, cfg: ModelConfig, load_pretrained: bool = True):
         super().__init__(cfg)
         m = cfg.mllm
-        config_cls, model_cls = _classes(m.family)
+        config_cls, model_cls = qwen_classes(m.family)
         if m.path:
             if not Path(m.path).is_dir():
                 raise MmrepError(f"model.mllm.path {m.path!r} is not a directory; point it at a local checkpoint")

@@ -15,9 +15,10 @@ from torch import nn
 
 from mmrep.batch import EncoderInput, TokenType
 from mmrep.errors import MmrepError
-from mmrep.model.config import ModelConfig, MoEConfig
+from mmrep.model.config import ModelConfig, MoEConfig, check_towers
 from mmrep.model.encoder import Encoder
 from mmrep.model.moe import Routing, build_moe
+from mmrep.model.registry import register_backbone
 from mmrep.model.towers import TextTokens, VisionTokens
 
 NUM_TOKEN_TYPES = len(TokenType)
@@ -55,6 +56,11 @@ class FusionLayer(nn.Module):
         return x.index_put(rows, real + y), routing
 
 
+def assets(model: dict) -> tuple[str, ...]:
+    return ("text",) if model["text"]["backend"] == "hf" and model["text"]["name"] else ()
+
+
+@register_backbone("fusion", check_towers, assets, uniform_calls=True)
 class FusionEncoder(Encoder):
     """Vision tower + text tower -> fusion transformer with MoE FFNs -> masked mean -> (B, embed_dim)."""
 

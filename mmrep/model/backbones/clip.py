@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from mmrep.batch import EncoderInput
 from mmrep.errors import MmrepError
 from mmrep.fsutil import atomic_dir
-from mmrep.model.config import ModelConfig
+from mmrep.model.config import ModelConfig, check_towers
 from mmrep.model.encoder import Encoder
 from mmrep.model.moe import Routing
+from mmrep.model.registry import register_backbone
 from mmrep.model.towers import OPEN_CLIP_VOCAB, freeze_hf_below, open_clip_model_cfg, open_clip_state
 
 # HF text towers encode a batch in up to TEXT_BUCKETS length buckets of at least MIN_BUCKET_ROWS rows each
@@ -72,6 +73,17 @@ def clip_model_cfg(cfg: ModelConfig, load_pretrained: bool = True) -> dict[str, 
     return model_cfg
 
 
+def check_config(cfg: ModelConfig) -> None:
+    check_towers(cfg)
+    if cfg.moe.enabled:
+        raise MmrepError("model.backbone 'clip' is the dense two-tower baseline: set model.moe.mode to 'dense'")
+
+
+def assets(model: dict) -> tuple[str, ...]:
+    return ("text",) if model["text"]["backend"] == "hf" and model["text"]["name"] else ()
+
+
+@register_backbone("clip", check_config, assets)
 class ClipEncoder(Encoder):
     """open_clip `CLIP` behind the Encoder interface; `self.clip` is a plain open_clip model."""
 
@@ -79,8 +91,6 @@ class ClipEncoder(Encoder):
         super().__init__(cfg)
         from open_clip.model import CLIP, CustomTextCLIP
 
-        if cfg.backbone != "clip":
-            raise MmrepError("ClipEncoder needs model.backbone 'clip'")
         self.model_cfg = clip_model_cfg(cfg, load_pretrained)
         self.hf_text = cfg.text.backend == "hf"
         self.clip = (CustomTextCLIP if self.hf_text else CLIP)(**self.model_cfg)

@@ -16,7 +16,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "data inspect": ("mmrep.data.cli:inspect_main", "counts, field coverage, image sizes, corrupt samples"),
     "data synth": ("mmrep.synth.cli:main", "generate the built-in product world"),
     "train": ("mmrep.train.cli:main", "pretrain / post-train / item-align under DeepSpeed"),
-    "augment": ("mmrep.train.augment:main", "offline image-text co-augmentation -> new shards"),
+    "augment": ("mmrep.augment.cli:main", "offline image-text co-augmentation -> new shards"),
     "export": ("mmrep.export.cli:main", "item / query embeddings from a checkpoint"),
     "export-model": ("mmrep.export.model_cli:main", "encoder / checkpoint -> transformers, sentence-transformers, open_clip"),
     "eval mbe": ("mmrep.evaluation.cli:mbe_main", "MBE2.0-protocol retrieval, classification, attributes"),

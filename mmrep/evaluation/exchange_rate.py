@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 # config sections only: both modules import numpy alone at the top (torch / faiss load lazily)
 from mmrep.application.ctr import CtrConfig
@@ -31,63 +32,67 @@ from mmrep.errors import MmrepError
 # pure math
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean rank), 1-based."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
-    ends = np.r_[starts[1:], len(x)]
-    r = np.empty(len(x))
-    r[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return r
+def _pearson_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """scipy's Pearson r along `axis` (a batch of resamples at once); nan where a side is constant."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return stats.pearsonr(x, y, axis=axis).statistic
+
+
+def _spearman_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman ρ along `axis`: Pearson r of scipy's average ranks (what `spearmanr` computes, batched)."""
+    return _pearson_along(stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis), axis)
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation; nan when either side is constant or n < 2."""
+    """Pearson correlation (scipy.stats.pearsonr); nan when either side is constant or n < 2."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if len(x) < 2:
-        return float("nan")
-    dx, dy = x - x.mean(), y - y.mean()
-    den = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
-    return float(np.clip((dx * dy).sum() / den, -1.0, 1.0)) if den > 0 else float("nan")
+    return float(_pearson_along(x, y)) if len(x) >= 2 else float("nan")
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (Pearson of average ranks)."""
-    return pearson(_ranks(np.asarray(x, np.float64)), _ranks(np.asarray(y, np.float64)))
+    """Spearman rank correlation (scipy.stats.spearmanr; ties share their mean rank); nan when undefined."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) < 2:
+        return float("nan")
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return float(stats.spearmanr(x, y).statistic)
 
 
 def slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares fit y = a + b x -> (b, a); nan when x is constant."""
+    """Least-squares fit y = a + b x (scipy.stats.linregress) -> (b, a); nan when x is constant."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    dx = x - x.mean()
-    den = float((dx * dx).sum())
-    if len(x) < 2 or den == 0:
+    if len(x) < 2 or np.ptp(x) == 0:
         return float("nan"), float("nan")
-    b = float((dx * (y - y.mean())).sum() / den)
-    return b, float(y.mean() - b * x.mean())
+    fit = stats.linregress(x, y)
+    return float(fit.slope), float(fit.intercept)
 
 
-def fisher_ci(r: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Fisher-z interval for a Pearson r over n points (needs n > 3)."""
-    if n <= 3 or math.isnan(r):
+def fisher_ci(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Fisher-z interval of Pearson r over the n points (scipy's `pearsonr(...).confidence_interval`; needs n > 3)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) <= 3 or math.isnan(pearson(x, y)):
         return float("nan"), float("nan")
-    z = math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12))
-    half = NormalDist().inv_cdf(0.5 + level / 2) / math.sqrt(n - 3)
-    return math.tanh(z - half), math.tanh(z + half)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        ci = stats.pearsonr(x, y).confidence_interval(confidence_level=level)
+    return float(ci.low), float(ci.high)
 
 
-def bootstrap_ci(x: np.ndarray, y: np.ndarray, stat, n_boot: int = 2000, level: float = 0.95,
+def bootstrap_ci(x: np.ndarray, y: np.ndarray, stat=_pearson_along, n_boot: int = 2000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile interval of `stat(x, y)` over version resamples (degenerate resamples skipped)."""
+    """Percentile interval of `stat(x, y, axis)` over paired resamples of the versions (scipy.stats.bootstrap).
+
+    With a handful of versions some resamples repeat one version (the statistic is undefined there):
+    scipy would then return nan for the whole interval, so the percentiles are taken over the defined
+    resamples, and nan is returned only when too few are defined."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(x), len(x))
-        v = stat(x[idx], y[idx])
-        if not math.isnan(v):
-            vals.append(v)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((x, y), stat, paired=True, vectorized=True, n_resamples=n_boot, method="percentile",
+                              confidence_level=level, rng=np.random.default_rng(seed))
+    vals = res.bootstrap_distribution[np.isfinite(res.bootstrap_distribution)]
     if len(vals) < max(10, n_boot // 20):
         return float("nan"), float("nan")
     lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
@@ -127,9 +132,9 @@ def exchange_rates(metrics: dict[str, dict[str, float]], auc: dict[str, float],
         entry: dict[str, Any] = {
             "values": {v: float(m) for v, m in zip(vs, x)}, "n_versions": len(vs), "steps": steps,
             "slope": b, "intercept": a, "pearson": r, "spearman": rho,
-            "pearson_fisher_ci": list(fisher_ci(r, len(vs), level)),
-            "pearson_bootstrap_ci": list(bootstrap_ci(x, y, pearson, n_boot, level, seed)),
-            "spearman_bootstrap_ci": list(bootstrap_ci(x, y, spearman, n_boot, level, seed)),
+            "pearson_fisher_ci": list(fisher_ci(x, y, level)),
+            "pearson_bootstrap_ci": list(bootstrap_ci(x, y, _pearson_along, n_boot, level, seed)),
+            "spearman_bootstrap_ci": list(bootstrap_ci(x, y, _spearman_along, n_boot, level, seed)),
             "positive_step_fraction": _fraction([s["rate"] > 0 for s in steps if s["rate"] is not None]),
         }
         if segment_auc:

@@ -9,7 +9,6 @@ in this process. A step that finished leaves a marker, so rerunning the job resu
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -326,13 +325,19 @@ def _segments_csv(world: Path, out: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     import dataclasses
+    import typing
 
-    top = [f.name for f in dataclasses.fields(RunConfig)]
-    config_path, overrides, rest = cfgmod.split_config_args(argv, top)
-    p = argparse.ArgumentParser(prog="mmrep run", description="the main job: the whole pipeline end to end")
+    from mmrep.cli_support import CommandParser
+
+    hints = typing.get_type_hints(RunConfig)
+    sections = {f.name: hints[f.name] for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(hints[f.name])}
+    top = [f.name for f in dataclasses.fields(RunConfig) if f.name not in sections]
+    p = CommandParser("mmrep run", "the main job: the whole pipeline end to end", sections=sections, top_level=top,
+                      config_help="YAML run config, e.g. configs/run/world-tiny.yaml")
     p.add_argument("--fresh", action="store_true", help="redo every step (default: resume after finished steps)")
-    a = p.parse_args(rest)
-    cfg = cfgmod.load(RunConfig, config_path, overrides)
+    call = p.invoke(argv)
+    a = call.args
+    cfg = call.build(RunConfig)
     t0 = time.perf_counter()
     summary = run(cfg, fresh=a.fresh)
     print(summary["table"])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmrep.application.quantize import QuantizeConfig
+from mmrep.cli_support import CommandParser
 from mmrep.errors import MmrepError
 
 
@@ -17,20 +17,6 @@ class QuantizeRun:
     """Config file layout for `mmrep quantize --config`: one `quantize` section."""
 
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
-
-
-def _build(cls, config_path, overrides, flags: dict):
-    """Config file, then `--section.key=value` overrides, then explicit flags (flags win)."""
-    from mmrep import config as cfgmod
-
-    raw = cfgmod.read_yaml(config_path) if config_path else {}
-    for item in overrides:
-        key, value = cfgmod.parse_override(item)
-        cfgmod.set_dotted(raw, key, value)
-    for key, value in flags.items():
-        if value is not None:
-            cfgmod.set_dotted(raw, key, value)
-    return cfgmod.from_dict(cls, raw)
 
 
 # files only these commands write: an output folder from before the marker is recognised by them
@@ -51,8 +37,7 @@ def quantize_main(argv: list[str]) -> int:
     from mmrep.application.embeddings import drop_non_finite, load_item_embeddings
     from mmrep.fsutil import atomic_dir
 
-    config_path, overrides, rest = cfgmod.split_config_args(argv)
-    p = argparse.ArgumentParser(prog="mmrep quantize", description=q.__doc__.splitlines()[0])
+    p = CommandParser("mmrep quantize", q.__doc__.splitlines()[0], sections={"quantize": QuantizeConfig})
     p.add_argument("--emb", required=True, help="export folder (embeddings + ids) or .npy/.safetensors file")
     p.add_argument("--out", required=True, help="output folder: codes.csv, codes.safetensors, report.json")
     p.add_argument("--levels", type=int)
@@ -68,13 +53,14 @@ def quantize_main(argv: list[str]) -> int:
                    help="parquet: also write codes.parquet (id, rq, vq, dedup)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--strict", action="store_true", help="fail on an embedding row with NaN/inf instead of skipping it")
-    args = p.parse_args(rest)
+    call = p.invoke(argv)
+    args = call.args
     if args.encode_only != bool(args.codebooks):
         raise MmrepError("--encode-only and --codebooks go together: encode-only needs saved codebooks")
     flags = {"quantize.levels": args.levels, "quantize.centroids": args.centroids,
              "quantize.method": args.method, "quantize.vq_k": args.vq_k, "quantize.seed": args.seed,
              "quantize.dedup": args.dedup, "quantize.train_sample": args.train_sample}
-    run = _build(QuantizeRun, config_path, overrides, flags)
+    run = call.build(QuantizeRun, flags)
     cfg = run.quantize
     out = _out_dir(args.out, args.overwrite, QUANTIZE_FILES)
     ids, x = drop_non_finite(*load_item_embeddings(args.emb, mmap=True), strict=args.strict,
@@ -102,8 +88,7 @@ def ctr_main(argv: list[str]) -> int:
     from mmrep import config as cfgmod
     from mmrep.application import ctr
 
-    config_path, overrides, rest = cfgmod.split_config_args(argv)
-    p = argparse.ArgumentParser(prog="mmrep ctr", description=ctr.__doc__.splitlines()[0])
+    p = CommandParser("mmrep ctr", ctr.__doc__.splitlines()[0], sections={"ctr": ctr.CtrConfig})
     p.add_argument("--log", required=True, help="interactions.csv (user,item,time,event,query)")
     p.add_argument("--features", default="id,emb,codes",
                    help="comma list of feature sets: id, emb, codes, emb+att, codes+att, codes+prefix")
@@ -113,9 +98,9 @@ def ctr_main(argv: list[str]) -> int:
     p.add_argument("--epochs", type=int)
     p.add_argument("--out", required=True, help="output folder: ctr.json, ctr.md")
     p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(rest)
-    flags = {"ctr.seeds": args.seeds, "ctr.epochs": args.epochs}
-    run = _build(ctr.CtrRun, config_path, overrides, flags)
+    call = p.invoke(argv)
+    args = call.args
+    run = call.build(ctr.CtrRun, {"ctr.seeds": args.seeds, "ctr.epochs": args.epochs})
     out = _out_dir(args.out, args.overwrite, CTR_FILES)
     features = [f.strip() for f in args.features.split(",") if f.strip()]
     log = ctr.read_log(args.log)

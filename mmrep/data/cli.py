@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from mmrep.config import split_config_args
-from mmrep.data.catalog import import_catalog, resolve_import_config
+from mmrep.cli_support import CommandParser
+from mmrep.data.catalog import ImportConfig, import_catalog, resolve_import_config
 
 
 def _cols(text: str | None) -> list[str] | None:
@@ -15,11 +14,12 @@ def _cols(text: str | None) -> list[str] | None:
 
 
 def import_main(argv: list[str]) -> int:
-    config, overrides, rest = split_config_args(argv)
-    ap = argparse.ArgumentParser(
-        prog="mmrep data import",
-        description="catalogue CSV/JSONL + image folder -> one WebDataset shard set per split. Mapping comes from "
-                    "--preset, then --config FILE (a YAML of ImportConfig keys), then --import.key=value, then flags.")
+    ap = CommandParser(
+        "mmrep data import",
+        "catalogue CSV/JSONL + image folder -> one WebDataset shard set per split. The mapping comes from "
+        "--preset, then --config FILE, then --import.KEY=VALUE overrides, then the flags.",
+        sections={"import": ImportConfig},
+        config_help="YAML mapping of the import keys at its top level (no `import:` section)")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--csv", help="catalogue CSV file")
     src.add_argument("--jsonl", help="catalogue JSONL file (one product object per line)")
@@ -49,10 +49,10 @@ def import_main(argv: list[str]) -> int:
                     help="read image paths outside --images too (by default they are skipped and counted)")
     ap.add_argument("--strict", action="store_true", default=None,
                     help="fail on the first row with an undecodable image or a path outside --images")
-    args = ap.parse_args(rest)
-
+    call = ap.invoke(argv)
+    args = call.args
     cfg = resolve_import_config(
-        args.preset, args.source, config, overrides,
+        args.preset, args.source, call.config, call.overrides,
         table=args.csv or args.jsonl or args.wds,
         format="csv" if args.csv else "jsonl" if args.jsonl else "wds" if args.wds else None,
         images=args.images, id_col=args.id_col, title_col=args.title_col, description_col=args.description_col,
@@ -71,13 +71,13 @@ def import_main(argv: list[str]) -> int:
 
 
 def inspect_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="mmrep data inspect",
-                                 description="counts, field coverage, images per item, image sizes, corrupt samples")
+    ap = CommandParser("mmrep data inspect", "counts, field coverage, images per item, image sizes, corrupt samples",
+                       config_help=None)  # reads nothing but the shards: no config
     ap.add_argument("dir", help="a shard set (mmrep or img2dataset) or an import root with split folders")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--no-verify", action="store_true", help="read image headers only (faster; misses truncated images)")
     ap.add_argument("--limit", type=int, help="look at the first N samples of each set only")
-    args = ap.parse_args(argv)
+    args = ap.invoke(argv).args
     from mmrep.data.inspect import format_report, inspect_shards
 
     report = inspect_shards(args.dir, verify=not args.no_verify, limit=args.limit)

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmrep.cli_support import CommandParser
 from mmrep.errors import MmrepError
 
 
@@ -71,8 +72,10 @@ def _csv_list(text: str | None, default: Sequence[str]) -> list[str]:
 # mbe
 
 
-def mbe_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmrep eval mbe", description="MBE2.0-protocol zero-shot evaluation")
+def mbe_parser() -> CommandParser:
+    from mmrep.evaluation.mbe import MbeConfig
+
+    p = CommandParser("mmrep eval mbe", "MBE2.0-protocol zero-shot evaluation", sections={"mbe": MbeConfig})
     p.add_argument("--make-bench", action="store_true", help="build a benchmark folder instead of evaluating")
     p.add_argument("--from-shards", help="(make-bench) a product shard set, e.g. /tmp/fashion_shards/test")
     p.add_argument("--from-world", help="(make-bench) a built-in world folder (mmrep data synth)")
@@ -96,12 +99,14 @@ def mbe_parser() -> argparse.ArgumentParser:
 
 def mbe_main(argv: list[str]) -> int:
     from mmrep.config import save_resolved
-    from mmrep.export.cli import section_from_args
+    from mmrep.export.cli import flags_of
     from mmrep.evaluation import benchmark as bm
     from mmrep.evaluation.mbe import MbeConfig, evaluate
     from mmrep.evaluation.report import mbe_markdown, write_report
 
-    cfg, args = section_from_args(MbeConfig, "mbe", argv, mbe_parser())
+    call = mbe_parser().invoke(argv)
+    args = call.args
+    cfg = call.build(MbeConfig, flags_of(MbeConfig, "mbe", args), section="mbe")
     if args.make_bench:
         if bool(args.from_shards) == bool(args.from_world):
             raise MmrepError("--make-bench needs exactly one of --from-shards DIR or --from-world DIR")
@@ -157,8 +162,11 @@ def mbe_main(argv: list[str]) -> int:
 # image search
 
 
-def image_search_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmrep eval image-search", description="query image -> item recall@K vs gallery size")
+def image_search_parser() -> CommandParser:
+    from mmrep.evaluation.image_search import SearchConfig
+
+    p = CommandParser("mmrep eval image-search", "query image -> item recall@K vs gallery size",
+                      sections={"image_search": SearchConfig})
     p.add_argument("--queries-emb", help="query embeddings (an mmrep export folder)")
     p.add_argument("--gallery-emb", help="gallery item embeddings (an mmrep export folder)")
     p.add_argument("--gt", help="ground truth: JSON {query_id: [item_id, ...]} or CSV with columns query,item")
@@ -178,8 +186,8 @@ def image_search_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="fail on the first corrupt item in --items instead of skipping and counting it")
     p.add_argument("--dim", type=int, default=0, help="Matryoshka dimension for encoder embeddings")
-    p.add_argument("--query-chunk", type=int, default=4096)
-    p.add_argument("--gallery-chunk", type=int, default=131072)
+    p.add_argument("--query-chunk", type=int, help="queries scored per faiss call (default 4096)")
+    p.add_argument("--gallery-chunk", type=int, help="gallery rows per faiss index (default 131072)")
     p.add_argument("--out", help="report folder (image_search.json + .md)")
     p.add_argument("--overwrite", action="store_true")
     return p
@@ -261,7 +269,8 @@ def image_search_main(argv: list[str]) -> int:
     from mmrep.evaluation.image_search import SearchConfig, default_sizes, evaluate_embeddings
     from mmrep.evaluation.report import write_report
 
-    args = image_search_parser().parse_args(argv)
+    call = image_search_parser().invoke(argv)
+    args = call.args
     try:
         ks = sorted({int(k) for k in _csv_list(args.ks, [])})
         sizes = [int(s) for s in _csv_list(args.sizes, [])]
@@ -270,7 +279,8 @@ def image_search_main(argv: list[str]) -> int:
     if not ks or ks[0] < 1:
         raise MmrepError("--ks must list positive integers")
     out = _check_out(args.out, "image_search", args.overwrite)
-    scfg = SearchConfig(k=max(ks), query_chunk=args.query_chunk, gallery_chunk=args.gallery_chunk)
+    scfg = call.build(SearchConfig, {"image_search.k": max(ks), "image_search.query_chunk": args.query_chunk,
+                                     "image_search.gallery_chunk": args.gallery_chunk}, section="image_search")
     specs = getattr(args, "specs", None) or []
     source: dict[str, Any] = {}
     if specs:

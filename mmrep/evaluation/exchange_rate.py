@@ -12,7 +12,6 @@ per version) and writes report.json, report.md and one scatter plot per metric.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import warnings
@@ -352,10 +351,11 @@ def gather(versions: list[tuple[str, Path]], log, run: ExchangeRun, segments: di
 def main(argv: list[str]) -> int:
     """`mmrep eval exchange-rate --versions A=DIR,B=DIR,... --log interactions.csv --out DIR`."""
     from mmrep import config as cfgmod
+    from mmrep.cli_support import CommandParser
     from mmrep.fsutil import atomic_dir
 
-    config_path, overrides, rest = cfgmod.split_config_args(argv)
-    p = argparse.ArgumentParser(prog="mmrep eval exchange-rate", description=__doc__.splitlines()[0])
+    p = CommandParser("mmrep eval exchange-rate", __doc__.splitlines()[0],
+                      sections={"exchange": ExchangeConfig, "quantize": QuantizeConfig, "ctr": CtrConfig})
     p.add_argument("--versions", help="comma list of NAME=DIR (embeddings + optional metrics.json)")
     p.add_argument("--table", help="JSON {metrics: {v: {m: x}}, auc: {v: x}, segment_auc: {v: {s: x}}} "
                                    "instead of computing them")
@@ -364,8 +364,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--pairs", help="pairs.csv (item_a,item_b) for the built-in pair-recall metric")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(rest)
-    run = cfgmod.load(ExchangeRun, config_path, overrides)
+    call = p.invoke(argv)
+    args = call.args
+    run = call.build(ExchangeRun)
     if args.table:
         t = json.loads(Path(args.table).read_text())
         metrics, auc, seg_auc, details = t.get("metrics", {}), t.get("auc", {}), t.get("segment_auc"), {}

@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from mmrep.config import deep_merge, from_dict, parse_override, read_yaml, set_dotted, split_config_args
+from mmrep.cli_support import CommandParser
+from mmrep.config import deep_merge, from_dict, parse_override, read_yaml, set_dotted
 from mmrep.errors import MmrepError
-from mmrep.synth.config import PRESETS, SynthConfig
+from mmrep.synth.config import PRESETS, SynthConfig, WorldConfig
 from mmrep.synth.records import SPLITS
 from mmrep.synth.world import check_out_dir, generate_world
 
@@ -38,11 +38,11 @@ def resolve_config(size: str, config: str | None = None, overrides: list[str] = 
 
 
 def main(argv: list[str]) -> int:
-    config, overrides, rest = split_config_args(argv)
-    ap = argparse.ArgumentParser(prog="mmrep data synth", description=__doc__.strip().splitlines()[0],
-                                 epilog="presets: " + ", ".join(f"{k} ({v['n_items']} items)" for k, v in PRESETS.items())
-                                 + ". Also: --config FILE (a YAML with a `world:` section) and --world.key=value for any "
-                                 "WorldConfig field (e.g. --world.n_items=2000 --world.image_size=96).")
+    ap = CommandParser("mmrep data synth", __doc__.strip().splitlines()[0],
+                       epilog="presets: " + ", ".join(f"{k} ({v['n_items']} items)" for k, v in PRESETS.items()),
+                       sections={"world": WorldConfig},
+                       config_help="YAML config with a `world:` section (a whole-pipeline file works: its other "
+                                   "sections are left to their stages); it overrides the --size preset")
     ap.add_argument("--size", default="tiny", help="preset: tiny | small | medium | large (default tiny)")
     ap.add_argument("--out", required=True, help="output folder (must be empty or absent unless --overwrite)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (same seed -> identical files)")
@@ -50,8 +50,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--workers", type=int, default=0,
                     help="render in this many processes (output is identical; default: this process only)")
     ap.add_argument("--quiet", action="store_true", help="print only the summary")
-    args = ap.parse_args(rest)
-    cfg = resolve_config(args.size, config, overrides, args.seed).world
+    call = ap.invoke(argv)
+    args = call.args
+    cfg = resolve_config(args.size, call.config, call.overrides, args.seed).world
     check_out_dir(args.out, args.overwrite)  # fail before announcing anything
     t0 = time.perf_counter()
 

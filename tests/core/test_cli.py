@@ -3,6 +3,8 @@ command groups list their subcommands."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pytest
 
 from mmrep import cli
@@ -30,20 +32,20 @@ def test_every_command_help_documents_config_and_overrides(route, capsys):
     assert "KEY=VALUE" in out or ".values=" in out
 
 
+@dataclass
+class Section:
+    a: int = 1
+    b: str = "x"
+    c: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Whole:
+    sec: Section = field(default_factory=Section)
+    out: str = ""
+
+
 def test_invocation_layers_file_overrides_and_flags(tmp_path):
-    from dataclasses import dataclass, field
-
-    @dataclass
-    class Section:
-        a: int = 1
-        b: str = "x"
-        c: list[int] = field(default_factory=list)
-
-    @dataclass
-    class Whole:
-        sec: Section = field(default_factory=Section)
-        out: str = ""
-
     cfg = tmp_path / "c.yaml"
     cfg.write_text("sec: {a: 2, b: y}\nother: {ignored: 1}\n")
     p = CommandParser("mmrep t", sections={"sec": Section}, top_level=("out",))

@@ -122,3 +122,49 @@ class CommandParser(argparse.ArgumentParser):
         elif overrides and not self.takes_overrides:
             raise MmrepError(f"{self.prog} takes no --section.key=value overrides (got {overrides[0]!r})")
         return Invocation(args, config, overrides)
+
+
+def override_args(section: str, cfg: Any) -> list[str]:
+    """`--section.key=value` for every key of the dataclass `cfg` that differs from its default, so that
+    `invoke(...).build(type(cfg), section=section)` gives `cfg` back (what a printed command needs)."""
+    import yaml
+
+    default = type(cfg)()
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.init and value != getattr(default, f.name):
+            plain = cfgmod.to_dict(value) if dataclasses.is_dataclass(value) else value
+            if isinstance(plain, tuple):
+                plain = list(plain)
+            text = yaml.safe_dump(plain, default_flow_style=True, width=1 << 30).strip()
+            out.append(f"--{section}.{f.name}={text.removesuffix(chr(10) + '...').strip()}")
+    return out
+
+
+def command_line(route: str, *positionals: Any, flags: Mapping[str, Any] | None = None,
+                 sections: Mapping[str, Any] | None = None) -> list[str]:
+    """The argv of `mmrep ROUTE ...` that asks for these values: flags as `--name value` (True: a bare
+    `--name`; None / False / "": left out; a list: the flag repeated), then each config section's
+    non-default keys as overrides. Stage jobs use it to print the command that reruns them alone."""
+    argv = [*route.split(), *(str(p) for p in positionals)]
+    for name, value in (flags or {}).items():
+        if value is None or value is False or value == "":
+            continue
+        if value is True:
+            argv.append(f"--{name}")
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                argv += [f"--{name}", str(v)]
+        else:
+            argv += [f"--{name}", str(value)]
+    for section, cfg in (sections or {}).items():
+        argv += override_args(section, cfg)
+    return argv
+
+
+def shell(argv: Sequence[str]) -> str:
+    """`mmrep ARGV`, quoted for a POSIX shell."""
+    import shlex
+
+    return "mmrep " + " ".join(shlex.quote(str(a)) for a in argv)

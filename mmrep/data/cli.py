@@ -4,13 +4,53 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 
-from mmrep.cli_support import CommandParser
+from mmrep.cli_support import CommandParser, command_line
 from mmrep.data.catalog import ImportConfig, import_catalog, resolve_import_config
 
 
 def _cols(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+@dataclass
+class ImportJob:
+    """`mmrep data import --preset NAME`: a known catalogue layout into `out` (the main job's catalogue step)."""
+
+    out: str
+    preset: str
+    source: str = ""  # the preset's data folder (default: ../shared/data/<dataset> or $MMREP_DATA_DIR)
+    overwrite: bool = False
+
+    def argv(self) -> list[str]:
+        return command_line("data import", flags={"preset": self.preset, "out": self.out, "overwrite": self.overwrite,
+                                                  "source": self.source})
+
+
+@dataclass
+class ImportResult:
+    out: str
+    count: int
+    splits: dict[str, int]
+    rows: int
+    seconds: float
+    skipped: dict[str, int]  # reason -> rows (only reasons that happened)
+    missing_title: int
+    text_only: int
+
+
+def import_shards(cfg: ImportConfig, out: str, overwrite: bool = False) -> ImportResult:
+    """One WebDataset shard set per split under `out` (atomic), from a resolved `ImportConfig`."""
+    summary = import_catalog(cfg, out, overwrite=overwrite)
+    return ImportResult(str(out), int(summary["count"]), dict(summary["splits"]), int(summary["rows"]),
+                        float(summary["seconds"]),
+                        {k: int(v) for k, v in summary.items() if k.startswith("skipped_") and v},
+                        int(summary["missing_title"]), int(summary["text_only"]))
+
+
+def run_import(job: ImportJob) -> ImportResult:
+    return import_shards(resolve_import_config(job.preset, job.source or None), job.out, job.overwrite)
 
 
 def import_main(argv: list[str]) -> int:
@@ -61,12 +101,11 @@ def import_main(argv: list[str]) -> int:
         splits_csv=args.splits_csv, default_split=args.default_split, shard_size=args.shard_size,
         keep_text_only=args.keep_text_only, reencode=args.reencode,
         allow_outside_images=args.allow_outside_images, strict=args.strict)
-    summary = import_catalog(cfg, args.out, overwrite=args.overwrite)
-    splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
-    skipped = {k: v for k, v in summary.items() if k.startswith("skipped_") and v}
-    print(f"imported {summary['count']} products into {args.out} ({splits}) in {summary['seconds']} s")
-    print(f"rows {summary['rows']}; skipped: {skipped or 'none'}; missing titles kept: {summary['missing_title']}; "
-          f"text-only kept: {summary['text_only']}")
+    done = import_shards(cfg, args.out, args.overwrite)
+    splits = ", ".join(f"{k} {v}" for k, v in done.splits.items())
+    print(f"imported {done.count} products into {done.out} ({splits}) in {done.seconds} s")
+    print(f"rows {done.rows}; skipped: {done.skipped or 'none'}; missing titles kept: {done.missing_title}; "
+          f"text-only kept: {done.text_only}")
     return 0
 
 

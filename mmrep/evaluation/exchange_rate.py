@@ -348,11 +348,73 @@ def gather(versions: list[tuple[str, Path]], log, run: ExchangeRun, segments: di
     return metrics, auc, seg_auc, details
 
 
-def main(argv: list[str]) -> int:
-    """`mmrep eval exchange-rate --versions A=DIR,B=DIR,... --log interactions.csv --out DIR`."""
+@dataclass
+class ExchangeJob:
+    """`mmrep eval exchange-rate`: versions (NAME, DIR) or a precomputed table, into `out`."""
+
+    out: str
+    versions: list[tuple[str, str]] = field(default_factory=list)
+    table: str = ""
+    log: str = ""
+    segments: str = ""
+    pairs: str = ""
+    run: ExchangeRun = field(default_factory=ExchangeRun)
+    overwrite: bool = False
+
+    def argv(self) -> list[str]:
+        from mmrep.cli_support import command_line
+
+        return command_line("eval exchange-rate", flags={
+            "versions": ",".join(f"{n}={d}" for n, d in self.versions), "table": self.table, "log": self.log,
+            "segments": self.segments, "pairs": self.pairs, "out": self.out, "overwrite": self.overwrite},
+            sections={"exchange": self.run.exchange, "quantize": self.run.quantize, "ctr": self.run.ctr})
+
+
+@dataclass
+class ExchangeResult:
+    out: str
+    report: dict[str, Any]  # what report.json holds (before nan -> null)
+
+
+def exchange_rate_report(job: ExchangeJob) -> ExchangeResult:
+    """Gather (or read) the tables, compute the exchange rates, write report.json / report.md / plots."""
     from mmrep import config as cfgmod
+    from mmrep.fsutil import atomic_dir, check_replaceable
+
+    run = job.run
+    if job.table:
+        t = json.loads(Path(job.table).read_text())
+        metrics, auc, seg_auc, details = t.get("metrics", {}), t.get("auc", {}), t.get("segment_auc"), {}
+    else:
+        if not job.versions:
+            raise MmrepError("pass --versions NAME=DIR,... (at least 2) or --table FILE.json")
+        if not job.log:
+            raise MmrepError("--log interactions.csv is needed to retrain the CTR model per version")
+        from mmrep.application.ctr import read_log
+
+        segments = read_segments(job.segments) if job.segments else None
+        pairs = None
+        if job.pairs:
+            import pandas as pd
+
+            df = pd.read_csv(job.pairs, dtype=str, keep_default_na=False)
+            pairs = list(zip(df["item_a"], df["item_b"]))
+        versions = [(name, Path(d)) for name, d in job.versions]
+        metrics, auc, seg_auc, details = gather(versions, read_log(job.log), run, segments, pairs)
+    report = exchange_rates(metrics, auc, seg_auc or None, run.exchange.bootstrap, run.exchange.level,
+                            run.exchange.seed)
+    report["details"] = details
+    out = check_replaceable(job.out, job.overwrite, ("report.json", "report.md"))
+    with atomic_dir(out, "exchange-rate", ("report.json", "report.md")) as tmp:
+        (tmp / "report.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+        (tmp / "report.md").write_text(markdown(report))
+        scatter_plots(report, tmp / "plots")
+        cfgmod.save_resolved(run, tmp)
+    return ExchangeResult(str(out), _clean(report))
+
+
+def parse(argv: list[str]) -> ExchangeJob:
     from mmrep.cli_support import CommandParser
-    from mmrep.fsutil import atomic_dir
 
     p = CommandParser("mmrep eval exchange-rate", __doc__.splitlines()[0],
                       sections={"exchange": ExchangeConfig, "quantize": QuantizeConfig, "ctr": CtrConfig})
@@ -366,38 +428,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--overwrite", action="store_true")
     call = p.invoke(argv)
     args = call.args
-    run = call.build(ExchangeRun)
-    if args.table:
-        t = json.loads(Path(args.table).read_text())
-        metrics, auc, seg_auc, details = t.get("metrics", {}), t.get("auc", {}), t.get("segment_auc"), {}
-    else:
-        if not args.versions:
-            raise MmrepError("pass --versions NAME=DIR,... (at least 2) or --table FILE.json")
-        versions = parse_versions(args.versions)
-        if not args.log:
-            raise MmrepError("--log interactions.csv is needed to retrain the CTR model per version")
-        from mmrep.application.ctr import read_log
+    versions = [(n, str(d)) for n, d in parse_versions(args.versions)] if args.versions and not args.table else []
+    return ExchangeJob(args.out, versions, args.table or "", args.log or "", args.segments or "", args.pairs or "",
+                       call.build(ExchangeRun), args.overwrite)
 
-        segments = read_segments(args.segments) if args.segments else None
-        pairs = None
-        if args.pairs:
-            import pandas as pd
 
-            df = pd.read_csv(args.pairs, dtype=str, keep_default_na=False)
-            pairs = list(zip(df["item_a"], df["item_b"]))
-        metrics, auc, seg_auc, details = gather(versions, read_log(args.log), run, segments, pairs)
-    report = exchange_rates(metrics, auc, seg_auc or None, run.exchange.bootstrap, run.exchange.level,
-                            run.exchange.seed)
-    report["details"] = details
-    from mmrep.fsutil import check_replaceable
-
-    out = check_replaceable(args.out, args.overwrite, ("report.json", "report.md"))
-    with atomic_dir(out, "exchange-rate", ("report.json", "report.md")) as tmp:
-        (tmp / "report.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
-        (tmp / "report.md").write_text(markdown(report))
-        scatter_plots(report, tmp / "plots")
-        cfgmod.save_resolved(run, tmp)
-    print(markdown(report).split("## Columns")[0])
+def main(argv: list[str]) -> int:
+    """`mmrep eval exchange-rate --versions A=DIR,B=DIR,... --log interactions.csv --out DIR`."""
+    done = exchange_rate_report(parse(argv))
+    print(markdown(done.report).split("## Columns")[0])
     return 0
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
-from mmrep.cli_support import CommandParser
+from mmrep.cli_support import CommandParser, command_line
 
 
 def flags_of(cls: type, section: str, args: argparse.Namespace) -> dict:
@@ -49,13 +51,48 @@ def build_parser() -> CommandParser:
     return p
 
 
-def main(argv: list[str]) -> int:
-    from mmrep.export.embeddings import ExportConfig, export
+@dataclass
+class ExportResult:
+    out: str
+    count: int
+    kind: str
+    dim: int
+    dtype: str
+    parts: int
+    skipped: int
+
+
+def export_argv(cfg: Any) -> list[str]:
+    """The `mmrep export` command line for an `ExportConfig` (paths as flags, the rest as overrides)."""
+    rest = dataclasses.replace(cfg, encoder=type(cfg)().encoder, shards=type(cfg)().shards, out=type(cfg)().out,
+                               overwrite=type(cfg)().overwrite, progress=type(cfg)().progress)
+    return command_line("export", flags={"encoder": cfg.encoder, "shards": cfg.shards, "out": cfg.out,
+                                         "overwrite": cfg.overwrite, "no-progress": not cfg.progress},
+                        sections={"export": rest})
+
+
+def export_embeddings(cfg: Any) -> ExportResult | None:
+    """Run the export of an `ExportConfig`; None on ranks that do not write the index."""
+    from mmrep.export.embeddings import export
+
+    index = export(cfg)
+    if not index:
+        return None
+    return ExportResult(str(cfg.out), int(index["count"]), str(index["kind"]), int(index["dim"]), str(index["dtype"]),
+                        len(index["parts"]), int(index["skipped"]))
+
+
+def parse(argv: list[str]) -> Any:
+    """argv -> `ExportConfig` (file < overrides < flags)."""
+    from mmrep.export.embeddings import ExportConfig
 
     call = build_parser().invoke(argv)
-    cfg = call.build(ExportConfig, flags_of(ExportConfig, "export", call.args), section="export")
-    index = export(cfg)
-    if index:
-        print(f"wrote {index['count']} {index['kind']} embeddings ({index['dim']}-d {index['dtype']}, "
-              f"{len(index['parts'])} parts, {index['skipped']} skipped) to {cfg.out}")
+    return call.build(ExportConfig, flags_of(ExportConfig, "export", call.args), section="export")
+
+
+def main(argv: list[str]) -> int:
+    done = export_embeddings(parse(argv))
+    if done:
+        print(f"wrote {done.count} {done.kind} embeddings ({done.dim}-d {done.dtype}, {done.parts} parts, "
+              f"{done.skipped} skipped) to {done.out}")
     return 0

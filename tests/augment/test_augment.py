@@ -300,3 +300,24 @@ def test_relative_filter_rules_compare_with_the_batch():
         AugmentConfig(filter_batch=1)
     with pytest.raises(MmrepError, match="filter_beat_frac"):
         AugmentConfig(filter_beat_frac=1.5)
+
+
+def test_torchvision_transforms_match_the_pil_reference():
+    """Flip / crop-resize / colour jitter run through torchvision; for the same draws they equal PIL's own ops."""
+    from PIL import ImageEnhance, ImageOps
+
+    arr = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    img, p = Image.fromarray(arr), Product(id="x")
+    assert np.array_equal(np.asarray(images.Flip()(img, p, random.Random(0))), np.asarray(ImageOps.mirror(img)))
+    for seed in range(5):
+        rng = random.Random(seed)  # the draws CropScale makes, in its order
+        side = rng.uniform(0.7, 1.0) ** 0.5
+        cw, ch = max(1, round(53 * side)), max(1, round(37 * side))
+        x, y = rng.randint(0, 53 - cw), rng.randint(0, 37 - ch)
+        ref = img.crop((x, y, x + cw, y + ch)).resize((53, 37), Image.BICUBIC)
+        assert np.array_equal(np.asarray(images.CropScale()(img, p, random.Random(seed))), np.asarray(ref))
+        rng = random.Random(seed)
+        ref = ImageEnhance.Brightness(img).enhance(rng.uniform(0.85, 1.15))
+        ref = ImageEnhance.Contrast(ref).enhance(rng.uniform(0.85, 1.15))
+        ref = ImageEnhance.Color(ref).enhance(rng.uniform(0.9, 1.1))
+        assert np.array_equal(np.asarray(images.ColorJitter()(img, p, random.Random(seed))), np.asarray(ref))

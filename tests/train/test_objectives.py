@@ -5,7 +5,6 @@ import dataclasses
 import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,7 +17,7 @@ from mmrep.data.transforms import ImageTransform
 from mmrep.errors import MmrepError
 from mmrep.model.config import ModelConfig
 from mmrep.model.encoder import build_encoder
-from mmrep.records import Interaction, Product, Query, Triplet
+from mmrep.records import Product, Query, Triplet
 from mmrep.train.objectives import Features, LossConfig, PosttrainObjective, build_objective, concat_features
 from two_ranks import close_rank, init_rank, run_two_ranks  # tests/train/two_ranks.py
 

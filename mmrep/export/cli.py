@@ -64,10 +64,12 @@ class ExportResult:
 
 def export_argv(cfg: Any) -> list[str]:
     """The `mmrep export` command line for an `ExportConfig` (paths as flags, the rest as overrides)."""
-    rest = dataclasses.replace(cfg, encoder=type(cfg)().encoder, shards=type(cfg)().shards, out=type(cfg)().out,
-                               overwrite=type(cfg)().overwrite, progress=type(cfg)().progress)
+    default = type(cfg)()
+    rest = dataclasses.replace(cfg, encoder=default.encoder, shards=default.shards, out=default.out,
+                               overwrite=default.overwrite, progress=default.progress, faiss=default.faiss)
     return command_line("export", flags={"encoder": cfg.encoder, "shards": cfg.shards, "out": cfg.out,
-                                         "overwrite": cfg.overwrite, "no-progress": not cfg.progress},
+                                         "overwrite": cfg.overwrite, "no-progress": not cfg.progress,
+                                         "faiss": None if cfg.faiss == default.faiss else cfg.faiss},
                         sections={"export": rest})
 
 

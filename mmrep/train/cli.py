@@ -28,8 +28,8 @@ def build_parser(stage: str | None = None, prog: str = "") -> CommandParser:
         tp = next((a for a in typing.get_args(hints[f.name]) if dataclasses.is_dataclass(a)), hints[f.name])
         if dataclasses.is_dataclass(tp):
             sections[f.name] = tp
-        elif f.name != "stage":  # --stage is a flag
-            top.append(f.name)
+        if f.name != "stage" and (not dataclasses.is_dataclass(tp) or str in typing.get_args(hints[f.name])):
+            top.append(f.name)  # a plain key, or `--model=PATH` (a model YAML); --stage is a flag
     parser = CommandParser(prog or ("mmrep train" if stage is None else f"{stage}/train.py"),
                            "Train an mmrep encoder under DeepSpeed (pretrain, post-train or item alignment).",
                            sections=sections, top_level=top,

@@ -62,3 +62,12 @@ def test_invocation_layers_file_overrides_and_flags(tmp_path):
         p.invoke(["--data.x=1"])
     with pytest.raises(MmrepError, match="takes no --config"):
         CommandParser("mmrep u", config_help=None, top_level=("k",)).invoke(["--config", "f.yaml"])
+
+
+def test_train_takes_a_model_path_and_model_overrides(tmp_path):
+    from mmrep.train.cli import build_parser
+
+    call = build_parser().invoke(["--config", "c.yaml", "--model=../model/tiny.yaml", "--model.embed_dim=32",
+                                  "--output_dir=o", "--overwrite", "--stage", "align"])
+    assert call.overrides == ["--model=../model/tiny.yaml", "--model.embed_dim=32", "--output_dir=o", "--overwrite"]
+    assert call.args.stage == "align" and call.config == "c.yaml"

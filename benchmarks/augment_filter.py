@@ -17,8 +17,11 @@ import random
 from pathlib import Path
 
 from mmrep.data.readers import iter_products
-from mmrep.train import augment
-from mmrep.train.augment import AUGMENTERS, AugmentConfig, CoAugmenter, MmrepScorer
+from mmrep.augment.config import AugmentConfig
+from mmrep.augment.consistency import MmrepScorer
+from mmrep.augment.images import decode_image
+from mmrep.augment.job import CoAugmenter
+from mmrep.augment.registry import AUGMENTERS
 
 POOL: list = []  # the world's products the inconsistent editors borrow from
 
@@ -36,7 +39,7 @@ class OtherImage:
 
     def __call__(self, image, product, rng):
         other = rng.choice([p for p in POOL if p.id != product.id and p.images])
-        return augment._decode(other.images[0])
+        return decode_image(other.images[0])
 
 
 def main() -> int:

@@ -52,23 +52,43 @@ def list_configs() -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
 
 
-def main(argv: list[str]) -> int:
-    """`mmrep configs list` | `mmrep configs show NAME` | `mmrep configs path NAME`."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: mmrep configs list | show NAME | path NAME   (NAME as listed, e.g. train/pretrain-tiny.yaml)\n"
-              "copy one to edit it: mmrep configs show train/pretrain-tiny.yaml > my.yaml")
-        return 0
-    if argv[0] == "list":
-        names = list_configs()
-        if not names:
-            raise MmrepError("no packaged configs found (broken install?); reinstall mmrep")
-        print("\n".join(names))
-        return 0
-    if argv[0] in ("show", "path") and len(argv) == 2:
-        root = packaged_root()
-        if root is None:
-            raise MmrepError("no packaged configs found (broken install?); reinstall mmrep")
-        path = find_config(argv[1], root / "_", key="config")
-        sys.stdout.write(path.read_text() if argv[0] == "show" else f"{path}\n")
-        return 0
-    raise MmrepError(f"unknown `mmrep configs` arguments {' '.join(argv)!r}; use list, show NAME or path NAME")
+def _packaged_root() -> Path:
+    root = packaged_root()
+    if root is None:
+        raise MmrepError("no packaged configs found (broken install?); reinstall mmrep")
+    return root
+
+
+def list_main(argv: list[str]) -> int:
+    """`mmrep configs list`: every packaged config, by the name `show` / `path` and `--config` take."""
+    from mmrep.cli_support import CommandParser
+
+    CommandParser("mmrep configs list", "list the packaged configs (copy one to start: "
+                  "mmrep configs show train/pretrain-tiny.yaml > my.yaml)", config_help=None).invoke(argv)
+    _packaged_root()
+    names = list_configs()
+    if not names:
+        raise MmrepError("no packaged configs found (broken install?); reinstall mmrep")
+    print("\n".join(names))
+    return 0
+
+
+def _named(argv: list[str], verb: str, what: str) -> Path:
+    from mmrep.cli_support import CommandParser
+
+    p = CommandParser(f"mmrep configs {verb}", what, config_help=None)
+    p.add_argument("name", help="a packaged config as `mmrep configs list` names it, e.g. train/pretrain-tiny.yaml")
+    args = p.invoke(argv).args
+    return find_config(args.name, _packaged_root() / "_", key="config")
+
+
+def show_main(argv: list[str]) -> int:
+    """`mmrep configs show NAME`: print a packaged config (redirect it to a file to edit a copy)."""
+    sys.stdout.write(_named(argv, "show", "print a packaged config (redirect to a file to edit a copy)").read_text())
+    return 0
+
+
+def path_main(argv: list[str]) -> int:
+    """`mmrep configs path NAME`: where a packaged config lives."""
+    sys.stdout.write(f"{_named(argv, 'path', 'print where a packaged config lives')}\n")
+    return 0

@@ -2,25 +2,27 @@
 
 world -> pretrain -> post-train -> item alignment -> benchmark -> per version (untrained, pretrain,
 post-train, aligned): export + MBE + image search -> QARM codes -> CTR (ID / frozen / codes) ->
-exchange rate -> report folder (Markdown + PNG plots). Each step is one `mmrep` command (printed, so
-a user can rerun it alone); training runs in a subprocess (as the DeepSpeed launcher would), the rest
-in this process. A step that finished leaves a marker, so rerunning the job resumes where it stopped.
+exchange rate -> report folder (Markdown + PNG plots). Each step calls a stage function with its typed
+job (config objects) and gets a typed result back; it prints the equivalent `mmrep` command (the job's
+`argv()`), so a user can rerun any step alone. Training runs in a subprocess (see `Job.subprocess`).
+A step that finished leaves a marker holding its result, so rerunning the job resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from mmrep import config as cfgmod
+from mmrep.cli_support import shell
+from mmrep.distributed import LAUNCHER_ENV
 from mmrep.errors import MmrepError
 from mmrep.fsutil import atomic_write
 
@@ -83,8 +85,11 @@ class RunConfig:
             raise MmrepError("output_dir must name the folder for the run")
 
 
+R = TypeVar("R")
+
+
 class Job:
-    """Runs steps in order, skipping those whose marker says they finished."""
+    """Runs steps in order, skipping those whose marker says they finished (the marker keeps the result)."""
 
     def __init__(self, cfg: RunConfig, fresh: bool = False):
         self.cfg = cfg
@@ -96,23 +101,40 @@ class Job:
         self.marks.mkdir(parents=True, exist_ok=True)
         self.timings: dict[str, float] = {}
 
-    def step(self, name: str, argv: list[str], subprocess_: bool = False) -> None:
+    def step(self, name: str, argv: list[str], fn: Callable[[], R], result: type[R] | None = None) -> R | None:
+        """Run `fn` (a stage function applied to its job), printing `mmrep ARGV`, the command that does the
+        same alone. Its typed result (a dataclass of type `result`) is kept in the marker, so a resumed job
+        gets it back without running the step again."""
         mark = self.marks / f"{name}.done"
-        shown = "mmrep " + " ".join(shlex.quote(a) for a in argv)
+        shown = shell(argv)
+        if mark.exists():
+            meta = json.loads(mark.read_text())
+            if result is None or "result" in meta:
+                print(f"[{name}] done earlier, skipping  ({shown})")
+                return cfgmod.from_dict(result, meta["result"]) if result is not None else None
+            # a marker from before results were kept: run the step again to get its result
+        print(f"\n[{name}] {shown}", flush=True)
+        t0 = time.perf_counter()
+        value = fn()
+        self._done(name, mark, t0, value)
+        return value
+
+    def step_subprocess(self, name: str, argv: list[str]) -> None:
+        """A step run as its own `mmrep` process: training. DeepSpeed initialises a process group (its
+        port, rank and world size live in the environment and in torch.distributed for the life of the
+        process) and holds the training run's memory; a child process, as the DeepSpeed launcher starts
+        it, begins from a clean state and returns all of it when it ends. Its result is on disk (the run
+        folder's encoder/ and summary.json)."""
+        mark = self.marks / f"{name}.done"
+        shown = shell(argv)
         if mark.exists():
             print(f"[{name}] done earlier, skipping  ({shown})")
             return
         print(f"\n[{name}] {shown}", flush=True)
         t0 = time.perf_counter()
-        if subprocess_:
-            # a fresh process group: this process's own (e.g. an in-process run before it) holds its port
-            dist_vars = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-            env = {k: v for k, v in os.environ.items() if k not in dist_vars}
-            code = subprocess.run([sys.executable, "-m", "mmrep.cli", *argv], env=env).returncode
-        else:
-            from mmrep.cli import main as cli_main
-
-            code = cli_main(argv)
+        # a fresh process group: this process's own (e.g. an in-process run before it) holds its port
+        env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
+        code = subprocess.run([sys.executable, "-m", "mmrep.cli", *argv], env=env).returncode
         if code != 0:
             raise MmrepError(f"step '{name}' failed (exit {code}); fix it and rerun the same command to resume")
         self._done(name, mark, t0)
@@ -128,10 +150,14 @@ class Job:
         fn(*args)
         self._done(name, mark, t0)
 
-    def _done(self, name: str, mark: Path, t0: float) -> None:
+    def _done(self, name: str, mark: Path, t0: float, result: Any = None) -> None:
         self.timings[name] = round(time.perf_counter() - t0, 1)
         # the 1-minute load average as the step ends: on a shared machine it says how far to trust the time
-        mark.write_text(json.dumps({"seconds": self.timings[name], "load": round(os.getloadavg()[0], 1)}))
+        meta: dict[str, Any] = {"seconds": self.timings[name], "load": round(os.getloadavg()[0], 1)}
+        if result is not None:
+            meta["result"] = cfgmod.to_dict(result)
+        with atomic_write(mark, "w") as f:
+            json.dump(meta, f, default=_plain)
 
     def step_times(self) -> list[tuple[str, float, float | None]]:
         """(step, seconds, load average at its end) of every finished step, in the order they finished."""
@@ -147,6 +173,11 @@ class Job:
         return json.loads(mark.read_text()).get("seconds", 0.0) if mark.exists() else 0.0
 
 
+def _plain(v: Any) -> Any:
+    """numpy scalars / arrays in a result -> JSON values."""
+    return v.tolist() if hasattr(v, "tolist") else str(v)
+
+
 def _repo_path(p: str) -> str:
     """Config paths in run configs: from the cwd when they exist there, else among the packaged configs."""
     if Path(p).exists() or Path(p).is_absolute():
@@ -160,6 +191,13 @@ def _repo_path(p: str) -> str:
 
 
 def run(cfg: RunConfig, fresh: bool = False) -> dict[str, Any]:
+    from mmrep.application.cli import CtrJob, CtrResult, QuantizeJob, QuantizeResult, quantize_codes, train_ctr
+    from mmrep.application.ctr import CtrConfig
+    from mmrep.application.quantize import QuantizeConfig
+    from mmrep.evaluation.cli import BenchJob, BenchResult, MbeJob, MbeReport, evaluate_mbe, make_bench
+    from mmrep.evaluation.exchange_rate import ExchangeJob, ExchangeResult, ExchangeRun, exchange_rate_report
+    from mmrep.synth.cli import WorldJob, WorldResult, synthesize
+
     job = Job(cfg, fresh)
     out = job.out
     cfgmod.save_resolved(cfg, out, "run.yaml")
@@ -167,10 +205,13 @@ def run(cfg: RunConfig, fresh: bool = False) -> dict[str, Any]:
         return run_catalogue(cfg, job)
     world = Path(cfg.world.path) if cfg.world.path else out / "world"
     if not cfg.world.path:
-        job.step("world", ["data", "synth", "--size", cfg.world.size, "--seed", str(cfg.world.seed), "--out", str(world),
-                           "--overwrite", "--quiet", *cfg.world.overrides])
+        wjob = WorldJob(str(world), cfg.world.size, cfg.world.seed, list(cfg.world.overrides), overwrite=True,
+                        quiet=True)
+        split_time = job.step("world", wjob.argv(), lambda: synthesize(wjob), WorldResult).ctr_split_time
     elif not world.is_dir():
         raise MmrepError(f"world.path {world} does not exist; generate it with `mmrep data synth` or unset it")
+    else:  # a world made earlier: its summary says where the CTR split is
+        split_time = json.loads((world / "world.json").read_text()).get("ctr_split_time")
 
     # Version 0 is the random init that pretraining starts from (same config, same seed).
     untrained = out / "untrained" / "encoder"
@@ -187,88 +228,98 @@ def run(cfg: RunConfig, fresh: bool = False) -> dict[str, Any]:
                 f"--data.shards={shards}", "--overwrite=true", f"--init_from={prev}"]
         if stage == "align":
             argv.append(f"--pairs={world / 'pairs.csv'}")
-        job.step(stage, argv + list(section.overrides), subprocess_=True)
+        job.step_subprocess(stage, argv + list(section.overrides))
         versions[stage] = str(run_dir / "encoder")
         prev = str(run_dir / "encoder")
 
-    bench = out / "bench"
-    job.step("bench", ["eval", "mbe", "--make-bench", "--from-world", str(world), "--split", cfg.eval_split,
-                       "--out", str(bench), "--overwrite"])
+    bjob = BenchJob(str(out / "bench"), from_world=str(world), split=cfg.eval_split, overwrite=True)
+    job.step("bench", bjob.argv(), lambda: make_bench(bjob), BenchResult)
 
-    encoder_args = [a for enc in versions.values() for a in ("--encoder", enc)]
-    job.step("mbe", ["eval", "mbe", "--bench", str(bench), *encoder_args, "--out", str(out / "eval" / "mbe"), "--overwrite"])
-    mbe_report = json.loads((out / "eval" / "mbe" / "report.json").read_text())
+    mjob = MbeJob(bjob.out, str(out / "eval" / "mbe"), [("dir", enc) for enc in versions.values()], overwrite=True)
+    mbe = job.step("mbe", mjob.argv(), lambda: evaluate_mbe(mjob), MbeReport)
 
     version_dirs = {}
     for name, enc in versions.items():
         vdir = out / "versions" / name
-        enc_args = ["--encoder", enc]
         for split in ("train", "val", "test"):
-            job.step(f"export-{name}-{split}", ["export", *enc_args, "--shards", str(world / "items" / split),
-                                                "--out", str(out / "embeddings" / name / split), "--overwrite",
-                                                "--no-progress"])
-        job.step(f"image-search-{name}", ["eval", "image-search", *enc_args, "--items", str(world / "items" / cfg.eval_split),
-                                          "--query-set", cfg.image_search_query_set,
-                                          "--out", str(out / "eval" / "image-search" / name), "--overwrite"])
-        _merge_version(out / "embeddings" / name, vdir, mbe_report, name, out / "eval" / "image-search" / name)
+            _export(job, f"export-{name}-{split}", enc, world / "items" / split, out / "embeddings" / name / split)
+        search = _image_search(job, f"image-search-{name}", enc, world / "items" / cfg.eval_split,
+                               cfg.image_search_query_set, out / "eval" / "image-search" / name)
+        _merge_version(out / "embeddings" / name, vdir, mbe.summary(name), search, name)
         version_dirs[name] = vdir
 
     final = list(versions)[-1]
     app = cfg.application
     # The world's own CTR split: later impressions are the test set, incl. items launched after it.
-    split_time = json.loads((world / "world.json").read_text()).get("ctr_split_time")
-    app_overrides = [f"--ctr.seeds={app.ctr_seeds}"] + ([f"--ctr.split_time={split_time}"] if split_time else [])
-    if app.ctr_epochs:
-        app_overrides.append(f"--ctr.epochs={app.ctr_epochs}")
+    ctr_cfg = CtrConfig(seeds=app.ctr_seeds, split_time=split_time if split_time else None,
+                        **({"epochs": app.ctr_epochs} if app.ctr_epochs else {}))
     codes = out / "codes"
-    job.step("quantize", ["quantize", "--emb", str(version_dirs[final]), "--out", str(codes), "--levels", str(app.levels),
-                          "--centroids", str(app.centroids), "--vq-k", str(app.vq_k), "--overwrite"])
-    ctr_args = ["ctr", "--log", str(world / "interactions.csv"), "--features", ",".join(app.ctr_features),
-                "--emb", str(version_dirs[final]), "--codes", str(codes), "--out", str(out / "ctr"), "--overwrite",
-                *app_overrides]
-    job.step("ctr", ctr_args)
+    qjob = QuantizeJob(str(version_dirs[final]), str(codes), QuantizeConfig(levels=app.levels, centroids=app.centroids,
+                                                                             vq_k=app.vq_k), overwrite=True)
+    job.step("quantize", qjob.argv(), lambda: quantize_codes(qjob), QuantizeResult)
+    cjob = CtrJob(str(world / "interactions.csv"), str(out / "ctr"), list(app.ctr_features), str(version_dirs[final]),
+                  str(codes), ctr_cfg, overwrite=True)
+    job.step("ctr", cjob.argv(), lambda: train_ctr(cjob), CtrResult)
 
     if cfg.exchange_rate and len(version_dirs) >= 2:
         segments = _segments_csv(world, out / "segments.csv")
-        job.step("exchange-rate", ["eval", "exchange-rate", "--versions",
-                                   ",".join(f"{n}={d}" for n, d in version_dirs.items()),
-                                   "--log", str(world / "interactions.csv"), "--segments", str(segments),
-                                   "--pairs", str(world / "pairs.csv"), "--out", str(out / "exchange-rate"),
-                                   "--overwrite", f"--quantize.levels={app.levels}",
-                                   f"--quantize.centroids={app.centroids}", f"--quantize.vq_k={app.vq_k}",
-                                   *app_overrides])
+        base = ExchangeRun()
+        ejob = ExchangeJob(str(out / "exchange-rate"), [(n, str(d)) for n, d in version_dirs.items()],
+                           log=str(world / "interactions.csv"), segments=str(segments), pairs=str(world / "pairs.csv"),
+                           run=ExchangeRun(base.exchange, dataclasses.replace(base.quantize, levels=app.levels,
+                                                                              centroids=app.centroids, vq_k=app.vq_k),
+                                           ctr_cfg),
+                           overwrite=True)
+        job.step("exchange-rate", ejob.argv(), lambda: exchange_rate_report(ejob), ExchangeResult)
     from mmrep.report import write_run_report
 
     return write_run_report(out, list(versions), job)
 
 
+def _export(job: Job, name: str, encoder: str, shards: Path, out: Path, faiss: str = "none") -> None:
+    from mmrep.export.cli import ExportResult, export_argv, export_embeddings
+    from mmrep.export.embeddings import ExportConfig
+
+    ecfg = ExportConfig(encoder=encoder, shards=str(shards), out=str(out), overwrite=True, progress=False, faiss=faiss)
+    job.step(name, export_argv(ecfg), lambda: export_embeddings(ecfg), ExportResult)
+
+
+def _image_search(job: Job, name: str, encoder: str, items: Path, query_set: str, out: Path):
+    from mmrep.evaluation.cli import ImageSearchJob, image_search
+    from mmrep.evaluation.image_search import ImageSearchReport
+
+    sjob = ImageSearchJob(str(out), [("dir", encoder)], str(items), query_set, overwrite=True)
+    return job.step(name, sjob.argv(), lambda: image_search(sjob), ImageSearchReport)
+
+
 def run_catalogue(cfg: RunConfig, job: Job) -> dict[str, Any]:
     """The main job on a real catalogue: import, pretrain, evaluate untrained vs trained side by side."""
+    from mmrep.data.cli import ImportJob, ImportResult, run_import
+    from mmrep.evaluation.cli import BenchJob, BenchResult, MbeJob, MbeReport, evaluate_mbe, make_bench
+
     out, cat = job.out, cfg.catalogue
     shards = out / "catalogue"
-    job.step("import", ["data", "import", "--preset", cat.preset, "--out", str(shards), "--overwrite",
-                        *(["--source", cat.source] if cat.source else [])])
+    ijob = ImportJob(str(shards), cat.preset, cat.source, overwrite=True)
+    job.step("import", ijob.argv(), lambda: run_import(ijob), ImportResult)
     untrained = out / "untrained" / "encoder"
     job.call("untrained", save_untrained, _repo_path(cfg.untrained_model), cfg.seed, untrained)
     versions = {"untrained": str(untrained)}
     if cfg.pretrain.enabled:
         run_dir = out / "pretrain"
-        job.step("pretrain", ["train", "--stage", "pretrain", "--config", _repo_path(cfg.pretrain.config),
-                              f"--output_dir={run_dir}", f"--data.shards={shards / 'train'}", "--overwrite=true",
-                              *cfg.pretrain.overrides], subprocess_=True)
+        job.step_subprocess("pretrain", ["train", "--stage", "pretrain", "--config", _repo_path(cfg.pretrain.config),
+                                         f"--output_dir={run_dir}", f"--data.shards={shards / 'train'}",
+                                         "--overwrite=true", *cfg.pretrain.overrides])
         versions["pretrain"] = str(run_dir / "encoder")
-    bench = out / "bench"
-    job.step("bench", ["eval", "mbe", "--make-bench", "--from-shards", str(shards / cfg.eval_split), "--out", str(bench),
-                       "--overwrite", *(["--max-items", str(cat.max_eval_items)] if cat.max_eval_items else [])])
-    job.step("mbe", ["eval", "mbe", "--bench", str(bench), *[a for e in versions.values() for a in ("--encoder", e)],
-                     "--out", str(out / "eval" / "mbe"), "--overwrite"])
+    bjob = BenchJob(str(out / "bench"), from_shards=str(shards / cfg.eval_split), max_items=cat.max_eval_items,
+                    overwrite=True)
+    job.step("bench", bjob.argv(), lambda: make_bench(bjob), BenchResult)
+    mjob = MbeJob(bjob.out, str(out / "eval" / "mbe"), [("dir", e) for e in versions.values()], overwrite=True)
+    job.step("mbe", mjob.argv(), lambda: evaluate_mbe(mjob), MbeReport)
     for name, enc in versions.items():
-        job.step(f"image-search-{name}", ["eval", "image-search", "--encoder", enc, "--items", str(bench / "items"),
-                                          "--query-set", cfg.image_search_query_set,
-                                          "--out", str(out / "eval" / "image-search" / name), "--overwrite"])
+        _image_search(job, f"image-search-{name}", enc, out / "bench" / "items", cfg.image_search_query_set,
+                      out / "eval" / "image-search" / name)
     final = list(versions)[-1]
-    job.step(f"export-{final}", ["export", "--encoder", versions[final], "--shards", str(bench / "items"),
-                                 "--out", str(out / "embeddings" / final), "--overwrite", "--faiss", "flat"])
+    _export(job, f"export-{final}", versions[final], out / "bench" / "items", out / "embeddings" / final, faiss="flat")
     from mmrep.report import write_run_report
 
     return write_run_report(out, list(versions), job)
@@ -283,8 +334,9 @@ def save_untrained(model_config: str, seed: int, out: Path) -> None:
     save_encoder(build_encoder(cfgmod.load(ModelConfig, model_config)), out)
 
 
-def _merge_version(emb_root: Path, vdir: Path, mbe_report: dict, name: str, search_dir: Path) -> None:
-    """One folder per representation version: all items' embeddings + its intermediate metrics."""
+def _merge_version(emb_root: Path, vdir: Path, mbe_summary: dict[str, float], search: Any, name: str) -> None:
+    """One folder per representation version: all items' embeddings + its intermediate metrics (the MBE
+    summary and the image-search recall at the largest gallery)."""
     import numpy as np
 
     from mmrep.export import load_embeddings
@@ -296,15 +348,9 @@ def _merge_version(emb_root: Path, vdir: Path, mbe_report: dict, name: str, sear
         ids += [str(x) for x in i]
         arrays.append(a)
     save_embeddings(vdir, ids, np.concatenate(arrays), name=name, overwrite=True)
-    metrics: dict[str, float] = {}
-    enc = next((e for e in mbe_report["encoders"] if e["name"].split("/")[0] == name), None)
-    if enc is not None:
-        metrics |= {k: v for k, v in enc["results"]["summary"].items() if v is not None}
-    search = json.loads((search_dir / "image_search.json").read_text())
-    rows = search.get("rows") or search.get("report", {}).get("rows", [])
-    if rows:
-        last = rows[-1]
-        metrics |= {f"image-search {k}": v for k, v in last.items() if k.startswith("R@")}
+    metrics: dict[str, float] = dict(mbe_summary)
+    if search.rows:
+        metrics |= {f"image-search {k}": v for k, v in search.rows[-1].items() if k.startswith("R@")}
     with atomic_write(vdir / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=1)
 
@@ -325,14 +371,19 @@ def _segments_csv(world: Path, out: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    import dataclasses
+    import typing
 
-    top = [f.name for f in dataclasses.fields(RunConfig)]
-    config_path, overrides, rest = cfgmod.split_config_args(argv, top)
-    p = argparse.ArgumentParser(prog="mmrep run", description="the main job: the whole pipeline end to end")
+    from mmrep.cli_support import CommandParser
+
+    hints = typing.get_type_hints(RunConfig)
+    sections = {f.name: hints[f.name] for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(hints[f.name])}
+    top = [f.name for f in dataclasses.fields(RunConfig) if f.name not in sections]
+    p = CommandParser("mmrep run", "the main job: the whole pipeline end to end", sections=sections, top_level=top,
+                      config_help="YAML run config, e.g. configs/run/world-tiny.yaml")
     p.add_argument("--fresh", action="store_true", help="redo every step (default: resume after finished steps)")
-    a = p.parse_args(rest)
-    cfg = cfgmod.load(RunConfig, config_path, overrides)
+    call = p.invoke(argv)
+    a = call.args
+    cfg = call.build(RunConfig)
     t0 = time.perf_counter()
     summary = run(cfg, fresh=a.fresh)
     print(summary["table"])

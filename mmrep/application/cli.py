@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mmrep.application.quantize import QuantizeConfig
+from mmrep.cli_support import CommandParser, command_line
 from mmrep.errors import MmrepError
 
 
@@ -17,20 +18,6 @@ class QuantizeRun:
     """Config file layout for `mmrep quantize --config`: one `quantize` section."""
 
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
-
-
-def _build(cls, config_path, overrides, flags: dict):
-    """Config file, then `--section.key=value` overrides, then explicit flags (flags win)."""
-    from mmrep import config as cfgmod
-
-    raw = cfgmod.read_yaml(config_path) if config_path else {}
-    for item in overrides:
-        key, value = cfgmod.parse_override(item)
-        cfgmod.set_dotted(raw, key, value)
-    for key, value in flags.items():
-        if value is not None:
-            cfgmod.set_dotted(raw, key, value)
-    return cfgmod.from_dict(cls, raw)
 
 
 # files only these commands write: an output folder from before the marker is recognised by them
@@ -44,15 +31,59 @@ def _out_dir(path: str, overwrite: bool, legacy: tuple[str, ...]) -> Path:
     return check_replaceable(path, overwrite, legacy)
 
 
-def quantize_main(argv: list[str]) -> int:
-    """`mmrep quantize --emb DIR --out DIR`: RQ + VQ codes, codebooks and a quality report."""
+@dataclass
+class QuantizeJob:
+    """`mmrep quantize`: codes for an export's embeddings (or, with `codebooks`, encode with saved ones)."""
+
+    emb: str
+    out: str
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    codebooks: str = ""  # saved codebooks: encode only, no training
+    format: str = "safetensors"  # parquet: also write codes.parquet
+    overwrite: bool = False
+    strict: bool = False
+
+    def argv(self) -> list[str]:
+        return command_line("quantize", flags={
+            "emb": self.emb, "out": self.out, "codebooks": self.codebooks, "encode-only": bool(self.codebooks),
+            "format": None if self.format == "safetensors" else self.format, "overwrite": self.overwrite,
+            "strict": self.strict}, sections={"quantize": self.quantize})
+
+
+@dataclass
+class QuantizeResult:
+    out: str
+    report: dict[str, Any]  # what report.json holds
+
+
+def quantize_codes(job: QuantizeJob) -> QuantizeResult:
+    """RQ + VQ codes, codebooks and a quality report into `job.out` (atomic)."""
     from mmrep import config as cfgmod
     from mmrep.application import quantize as q
     from mmrep.application.embeddings import drop_non_finite, load_item_embeddings
     from mmrep.fsutil import atomic_dir
 
-    config_path, overrides, rest = cfgmod.split_config_args(argv)
-    p = argparse.ArgumentParser(prog="mmrep quantize", description=q.__doc__.splitlines()[0])
+    cfg = job.quantize
+    out = _out_dir(job.out, job.overwrite, QUANTIZE_FILES)
+    ids, x = drop_non_finite(*load_item_embeddings(job.emb, mmap=True), strict=job.strict, what=f"quantize {job.emb}")
+    books = q.load_codebooks(job.codebooks) if job.codebooks else None
+    result = q.quantize(x, cfg, codebooks=books)
+    with atomic_dir(out, "quantize", QUANTIZE_FILES) as tmp:
+        q.write_outputs(tmp, ids, result, cfg)
+        if job.format == "parquet":
+            from safetensors.numpy import load_file
+
+            from mmrep.export.parquet import CODES_FILE, codes_to_parquet
+
+            codes_to_parquet(tmp / CODES_FILE, ids, load_file(str(tmp / "codes.safetensors")))
+        cfgmod.save_resolved(QuantizeRun(cfg), tmp)
+    return QuantizeResult(str(out), result.report)
+
+
+def parse_quantize(argv: list[str]) -> QuantizeJob:
+    from mmrep.application import quantize as q
+
+    p = CommandParser("mmrep quantize", q.__doc__.splitlines()[0], sections={"quantize": QuantizeConfig})
     p.add_argument("--emb", required=True, help="export folder (embeddings + ids) or .npy/.safetensors file")
     p.add_argument("--out", required=True, help="output folder: codes.csv, codes.safetensors, report.json")
     p.add_argument("--levels", type=int)
@@ -68,42 +99,75 @@ def quantize_main(argv: list[str]) -> int:
                    help="parquet: also write codes.parquet (id, rq, vq, dedup)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--strict", action="store_true", help="fail on an embedding row with NaN/inf instead of skipping it")
-    args = p.parse_args(rest)
+    call = p.invoke(argv)
+    args = call.args
     if args.encode_only != bool(args.codebooks):
         raise MmrepError("--encode-only and --codebooks go together: encode-only needs saved codebooks")
     flags = {"quantize.levels": args.levels, "quantize.centroids": args.centroids,
              "quantize.method": args.method, "quantize.vq_k": args.vq_k, "quantize.seed": args.seed,
              "quantize.dedup": args.dedup, "quantize.train_sample": args.train_sample}
-    run = _build(QuantizeRun, config_path, overrides, flags)
-    cfg = run.quantize
-    out = _out_dir(args.out, args.overwrite, QUANTIZE_FILES)
-    ids, x = drop_non_finite(*load_item_embeddings(args.emb, mmap=True), strict=args.strict,
-                             what=f"quantize {args.emb}")
-    books = q.load_codebooks(args.codebooks) if args.encode_only else None
-    result = q.quantize(x, cfg, codebooks=books)
-    with atomic_dir(out, "quantize", QUANTIZE_FILES) as tmp:
-        q.write_outputs(tmp, ids, result, cfg)
-        if args.format == "parquet":
-            from safetensors.numpy import load_file
+    cfg = call.build(QuantizeRun, flags).quantize
+    return QuantizeJob(args.emb, args.out, cfg, args.codebooks or "", args.format, args.overwrite, args.strict)
 
-            from mmrep.export.parquet import CODES_FILE, codes_to_parquet
 
-            codes_to_parquet(tmp / CODES_FILE, ids, load_file(str(tmp / "codes.safetensors")))
-        cfgmod.save_resolved(run, tmp)
-    for line in q.summary_lines(result.report):
+def quantize_main(argv: list[str]) -> int:
+    """`mmrep quantize --emb DIR --out DIR`: RQ + VQ codes, codebooks and a quality report."""
+    from mmrep.application import quantize as q
+
+    job = parse_quantize(argv)
+    done = quantize_codes(job)
+    for line in q.summary_lines(done.report):
         print(line)
-    extra = ", codes.parquet" if args.format == "parquet" else ""
-    print(f"wrote {out}/codes.csv, codes.safetensors{extra}, codebooks.safetensors, report.json")
+    extra = ", codes.parquet" if job.format == "parquet" else ""
+    print(f"wrote {done.out}/codes.csv, codes.safetensors{extra}, codebooks.safetensors, report.json")
     return 0
 
 
-def ctr_main(argv: list[str]) -> int:
-    """`mmrep ctr --log interactions.csv --features id,emb,codes`: click model comparison."""
+@dataclass
+class CtrJob:
+    """`mmrep ctr`: the click model trained on each feature set (seeds 0..n-1)."""
+
+    log: str
+    out: str
+    features: list[str] = field(default_factory=lambda: ["id", "emb", "codes"])
+    emb: str = ""
+    codes: str = ""
+    ctr: Any = None  # CtrConfig (None: its defaults)
+    overwrite: bool = False
+
+    def argv(self) -> list[str]:
+        return command_line("ctr", flags={"log": self.log, "features": ",".join(self.features), "emb": self.emb,
+                                          "codes": self.codes, "out": self.out, "overwrite": self.overwrite},
+                            sections={"ctr": self.ctr} if self.ctr is not None else None)
+
+
+@dataclass
+class CtrResult:
+    out: str
+    report: dict[str, Any]  # what ctr.json holds
+
+
+def train_ctr(job: CtrJob) -> CtrResult:
     from mmrep import config as cfgmod
     from mmrep.application import ctr
+    from mmrep.fsutil import atomic_dir
 
-    config_path, overrides, rest = cfgmod.split_config_args(argv)
-    p = argparse.ArgumentParser(prog="mmrep ctr", description=ctr.__doc__.splitlines()[0])
+    run = ctr.CtrRun(job.ctr if job.ctr is not None else ctr.CtrConfig())
+    out = _out_dir(job.out, job.overwrite, CTR_FILES)
+    log = ctr.read_log(job.log)
+    items = ctr.ItemFeatures.load(emb=job.emb or None, codes=job.codes or None)
+    report = ctr.compare(log, items, list(job.features), run.ctr)
+    with atomic_dir(out, "ctr", CTR_FILES) as tmp:
+        (tmp / "ctr.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "ctr.md").write_text(ctr.markdown(report))
+        cfgmod.save_resolved(run, tmp)
+    return CtrResult(str(out), report)
+
+
+def parse_ctr(argv: list[str]) -> CtrJob:
+    from mmrep.application import ctr
+
+    p = CommandParser("mmrep ctr", ctr.__doc__.splitlines()[0], sections={"ctr": ctr.CtrConfig})
     p.add_argument("--log", required=True, help="interactions.csv (user,item,time,event,query)")
     p.add_argument("--features", default="id,emb,codes",
                    help="comma list of feature sets: id, emb, codes, emb+att, codes+att, codes+prefix")
@@ -113,19 +177,17 @@ def ctr_main(argv: list[str]) -> int:
     p.add_argument("--epochs", type=int)
     p.add_argument("--out", required=True, help="output folder: ctr.json, ctr.md")
     p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(rest)
-    flags = {"ctr.seeds": args.seeds, "ctr.epochs": args.epochs}
-    run = _build(ctr.CtrRun, config_path, overrides, flags)
-    out = _out_dir(args.out, args.overwrite, CTR_FILES)
+    call = p.invoke(argv)
+    args = call.args
+    run = call.build(ctr.CtrRun, {"ctr.seeds": args.seeds, "ctr.epochs": args.epochs})
     features = [f.strip() for f in args.features.split(",") if f.strip()]
-    log = ctr.read_log(args.log)
-    items = ctr.ItemFeatures.load(emb=args.emb, codes=args.codes)
-    report = ctr.compare(log, items, features, run.ctr)
-    from mmrep.fsutil import atomic_dir
+    return CtrJob(args.log, args.out, features, args.emb or "", args.codes or "", run.ctr, args.overwrite)
 
-    with atomic_dir(out, "ctr", CTR_FILES) as tmp:
-        (tmp / "ctr.json").write_text(json.dumps(report, indent=2) + "\n")
-        (tmp / "ctr.md").write_text(ctr.markdown(report))
-        cfgmod.save_resolved(run, tmp)
-    sys.stdout.write(ctr.markdown(report))
+
+def ctr_main(argv: list[str]) -> int:
+    """`mmrep ctr --log interactions.csv --features id,emb,codes`: click model comparison."""
+    from mmrep.application import ctr
+
+    done = train_ctr(parse_ctr(argv))
+    sys.stdout.write(ctr.markdown(done.report))
     return 0

@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
+# sklearn loads inside the functions: `mmrep.application.ctr` (and the config sections it holds) stays light
+
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """P(score of a random positive > score of a random negative), ties = 0.5; nan if one class."""
+    """P(score of a random positive > score of a random negative), ties = 0.5 (sklearn's ROC AUC); nan if one class."""
     labels = np.asarray(labels).astype(bool).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    pos = int(labels.sum())
-    neg = len(labels) - pos
-    if pos == 0 or neg == 0:
+    if labels.all() or not labels.any():
         return float("nan")
-    ranks = _average_ranks(scores)
-    # Mann-Whitney U: sum of positive ranks minus the ranks positives would have among themselves
-    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    from sklearn.metrics import roc_auc_score
 
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, tied values share the mean of their ranks."""
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_x)) + 1]
-    ends = np.r_[starts[1:], len(x)]
-    mean_rank = (starts + ends + 1) / 2.0  # ranks starts+1 .. ends, averaged
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
+    return float(roc_auc_score(labels, scores))
 
 
 def gauc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
@@ -50,7 +38,9 @@ def gauc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
-    """Mean binary cross-entropy of probabilities (clipped to [eps, 1-eps])."""
+    """Mean binary cross-entropy (sklearn's log_loss) of probabilities clipped to [eps, 1-eps]."""
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
     p = np.clip(np.asarray(probs, dtype=np.float64).reshape(-1), eps, 1 - eps)
-    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
+    from sklearn.metrics import log_loss as sklearn_log_loss
+
+    return float(sklearn_log_loss(y, p, labels=[0.0, 1.0]))

@@ -54,6 +54,19 @@ class TripletBatch:
 
 
 @dataclass
+class PairBatch:
+    """B item-item pairs (QARM alignment): a[b] and b[b] are behaviourally linked items."""
+
+    a: EncoderInput
+    b: EncoderInput
+    ids_a: list[str]
+    ids_b: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids_a)
+
+
+@dataclass
 class PreparedItem:
     """One decoded + tokenized product or query, ready to be padded into a batch."""
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from mmrep.cli_support import CommandParser, command_line
 from mmrep.errors import MmrepError
 
 
@@ -32,7 +35,7 @@ class _EncoderSpec(argparse.Action):
 
 
 def _open_encoders(specs: Sequence[tuple[str, str]], seed: int, max_images: int) -> list:
-    from mmrep.export.embeddings import open_encoder
+    from mmrep.inference import open_encoder
 
     if not specs:
         raise MmrepError("no encoder: pass --encoder RUN/encoder and/or --encoder-config configs/model/tiny.yaml")
@@ -71,8 +74,10 @@ def _csv_list(text: str | None, default: Sequence[str]) -> list[str]:
 # mbe
 
 
-def mbe_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmrep eval mbe", description="MBE2.0-protocol zero-shot evaluation")
+def mbe_parser() -> CommandParser:
+    from mmrep.evaluation.mbe import MbeConfig
+
+    p = CommandParser("mmrep eval mbe", "MBE2.0-protocol zero-shot evaluation", sections={"mbe": MbeConfig})
     p.add_argument("--make-bench", action="store_true", help="build a benchmark folder instead of evaluating")
     p.add_argument("--from-shards", help="(make-bench) a product shard set, e.g. /tmp/fashion_shards/test")
     p.add_argument("--from-world", help="(make-bench) a built-in world folder (mmrep data synth)")
@@ -94,44 +99,123 @@ def mbe_parser() -> argparse.ArgumentParser:
     return p
 
 
-def mbe_main(argv: list[str]) -> int:
+@dataclass
+class BenchJob:
+    """`mmrep eval mbe --make-bench`: a benchmark folder from a product shard set or a built-in world."""
+
+    out: str
+    from_shards: str = ""
+    from_world: str = ""
+    split: str = "test"
+    max_items: int = 0
+    classify: str = ""  # comma-separated; empty = the source's defaults
+    attributes: str = ""
+    name: str = ""
+    seed: int = 0
+    overwrite: bool = False
+    strict: bool = False
+
+    def argv(self) -> list[str]:
+        return command_line("eval mbe", flags={
+            "make-bench": True, "from-shards": self.from_shards, "from-world": self.from_world,
+            "split": self.split if self.from_world and self.split != "test" else None,
+            "max-items": self.max_items or None, "classify": self.classify, "attributes": self.attributes,
+            "name": self.name, "seed": self.seed or None, "out": self.out, "overwrite": self.overwrite,
+            "strict": self.strict})
+
+
+@dataclass
+class BenchResult:
+    name: str
+    path: str
+    counts: dict[str, Any]
+
+
+def make_bench(job: BenchJob) -> BenchResult:
+    from mmrep.evaluation import benchmark as bm
+
+    if bool(job.from_shards) == bool(job.from_world):
+        raise MmrepError("--make-bench needs exactly one of --from-shards DIR or --from-world DIR")
+    if not job.out:
+        raise MmrepError("--make-bench needs --out BENCH (the benchmark folder to write)")
+    if job.from_shards:
+        meta = bm.from_catalogue(job.from_shards, job.out, job.name, _csv_list(job.classify, bm.FASHION_CLASSIFICATION),
+                                 _csv_list(job.attributes, bm.FASHION_ATTRIBUTES), job.max_items, job.seed,
+                                 job.overwrite, strict=job.strict)
+    else:
+        meta = bm.from_world(job.from_world, job.out, job.split, job.name,
+                             _csv_list(job.classify, bm.WORLD_CLASSIFICATION),
+                             _csv_list(job.attributes, bm.WORLD_ATTRIBUTES), job.overwrite, strict=job.strict)
+    return BenchResult(str(meta["name"]), str(job.out), dict(meta["counts"]))
+
+
+@dataclass
+class MbeJob:
+    """`mmrep eval mbe --bench ...`: one report column per encoder, in order."""
+
+    bench: str
+    out: str
+    encoders: list[tuple[str, str]] = field(default_factory=list)  # ("dir", RUN/encoder) | ("config", YAML[@SEED])
+    seed: int = 0
+    items_emb: str = ""
+    overwrite: bool = False
+    strict: bool = False
+    mbe: Any = None  # MbeConfig (None: its defaults)
+
+    def argv(self) -> list[str]:
+        argv = ["eval", "mbe", "--bench", self.bench]
+        for kind, value in self.encoders:
+            argv += ["--encoder" if kind == "dir" else "--encoder-config", value]
+        return argv + command_line("", flags={"seed": self.seed or None, "items-emb": self.items_emb, "out": self.out,
+                                              "overwrite": self.overwrite, "strict": self.strict},
+                                   sections={"mbe": self.mbe} if self.mbe is not None else None)
+
+
+@dataclass
+class MbeEncoderResult:
+    name: str
+    fingerprint: str
+    embed_dim: int
+    dim: int
+    results: dict[str, Any]  # per task; `summary` holds the headline numbers (metric -> value)
+
+
+@dataclass
+class MbeReport:
+    """What `report.json` holds."""
+
+    benchmark: dict[str, Any]
+    protocol: str
+    encoders: list[MbeEncoderResult]
+    seconds: float
+
+    def summary(self, version: str) -> dict[str, float]:
+        """The headline numbers of the encoder column named `version` (its name up to a "/")."""
+        enc = next((e for e in self.encoders if e.name.split("/")[0] == version), None)
+        return {k: v for k, v in (enc.results.get("summary", {}) if enc else {}).items() if v is not None}
+
+
+def evaluate_mbe(job: MbeJob) -> MbeReport:
+    """Evaluate every encoder on the benchmark; writes OUT/report.json, report.md and mbe.yaml."""
     from mmrep.config import save_resolved
-    from mmrep.export.cli import section_from_args
     from mmrep.evaluation import benchmark as bm
     from mmrep.evaluation.mbe import MbeConfig, evaluate
     from mmrep.evaluation.report import mbe_markdown, write_report
 
-    cfg, args = section_from_args(MbeConfig, "mbe", argv, mbe_parser())
-    if args.make_bench:
-        if bool(args.from_shards) == bool(args.from_world):
-            raise MmrepError("--make-bench needs exactly one of --from-shards DIR or --from-world DIR")
-        if not args.out:
-            raise MmrepError("--make-bench needs --out BENCH (the benchmark folder to write)")
-        if args.from_shards:
-            meta = bm.from_catalogue(args.from_shards, args.out, args.name,
-                                     _csv_list(args.classify, bm.FASHION_CLASSIFICATION),
-                                     _csv_list(args.attributes, bm.FASHION_ATTRIBUTES), args.max_items, args.seed,
-                                     args.overwrite, strict=args.strict)
-        else:
-            meta = bm.from_world(args.from_world, args.out, args.split, args.name,
-                                 _csv_list(args.classify, bm.WORLD_CLASSIFICATION),
-                                 _csv_list(args.attributes, bm.WORLD_ATTRIBUTES), args.overwrite, strict=args.strict)
-        print(f"wrote benchmark {meta['name']} to {args.out}: {json.dumps(meta['counts'])}")
-        return 0
-    if not args.bench:
+    cfg = job.mbe if job.mbe is not None else MbeConfig()
+    if not job.bench:
         raise MmrepError("pass --bench BENCH (or --make-bench to build one)")
-    specs = getattr(args, "specs", None) or []
-    if args.items_emb and len(specs) != 1:
+    if job.items_emb and len(job.encoders) != 1:
         raise MmrepError("--items-emb holds one encoder's embeddings: pass exactly one --encoder with it")
-    out = _check_out(args.out, "report", args.overwrite)
-    bench = bm.load_benchmark(args.bench, strict=args.strict)
-    handles = _open_encoders(specs, args.seed, cfg.max_images)
+    out = _check_out(job.out, "report", job.overwrite)
+    bench = bm.load_benchmark(job.bench, strict=job.strict)
+    handles = _open_encoders(job.encoders, job.seed, cfg.max_images)
     item_emb = None
-    if args.items_emb:
+    if job.items_emb:
         from mmrep.export.format import EmbeddingFormatError, load_embeddings
 
         try:
-            ids, emb = load_embeddings(args.items_emb)
+            ids, emb = load_embeddings(job.items_emb)
         except EmbeddingFormatError as e:
             raise MmrepError(str(e)) from None
         item_emb = (ids, emb)
@@ -140,15 +224,40 @@ def mbe_main(argv: list[str]) -> int:
     for h in handles:
         print(f"evaluating {h.name} on {bench.name}")
         results = evaluate(h, bench, cfg, item_emb)
-        encoders.append({"name": h.name, "fingerprint": h.fingerprint, "embed_dim": h.embed_dim,
-                         "dim": cfg.dim or h.embed_dim, "results": results})
-    report = {"benchmark": {"name": bench.name, "path": str(bench.path), "counts": bench.meta.get("counts", {}),
-                            "provenance": bench.meta.get("provenance", {})},
-              "protocol": "MBE2.0", "encoders": encoders, "seconds": round(time.perf_counter() - t0, 2)}
-    md = mbe_markdown(report)
-    write_report(out, report, md)
+        encoders.append(MbeEncoderResult(h.name, h.fingerprint, h.embed_dim, cfg.dim or h.embed_dim, results))
+    report = MbeReport({"name": bench.name, "path": str(bench.path), "counts": bench.meta.get("counts", {}),
+                        "provenance": bench.meta.get("provenance", {})},
+                       "MBE2.0", encoders, round(time.perf_counter() - t0, 2))
+    write_report(out, dataclasses.asdict(report), mbe_markdown(dataclasses.asdict(report)))
     save_resolved(cfg, out, "mbe.yaml")
-    print(md)
+    return report
+
+
+def parse_mbe(argv: list[str]) -> BenchJob | MbeJob:
+    from mmrep.evaluation.mbe import MbeConfig
+    from mmrep.export.cli import flags_of
+
+    call = mbe_parser().invoke(argv)
+    args = call.args
+    cfg = call.build(MbeConfig, flags_of(MbeConfig, "mbe", args), section="mbe")
+    if args.make_bench:
+        return BenchJob(args.out or "", args.from_shards or "", args.from_world or "", args.split, args.max_items,
+                        args.classify or "", args.attributes or "", args.name, args.seed, args.overwrite, args.strict)
+    return MbeJob(args.bench or "", args.out or "", list(getattr(args, "specs", None) or []), args.seed,
+                  args.items_emb or "", args.overwrite, args.strict, cfg)
+
+
+def mbe_main(argv: list[str]) -> int:
+    from mmrep.evaluation.report import mbe_markdown
+
+    job = parse_mbe(argv)
+    if isinstance(job, BenchJob):
+        made = make_bench(job)
+        print(f"wrote benchmark {made.name} to {made.path}: {json.dumps(made.counts)}")
+        return 0
+    report = evaluate_mbe(job)
+    print(mbe_markdown(dataclasses.asdict(report)))
+    out = Path(job.out)
     print(f"report: {out / 'report.json'}, {out / 'report.md'}")
     return 0
 
@@ -157,8 +266,11 @@ def mbe_main(argv: list[str]) -> int:
 # image search
 
 
-def image_search_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmrep eval image-search", description="query image -> item recall@K vs gallery size")
+def image_search_parser() -> CommandParser:
+    from mmrep.evaluation.image_search import SearchConfig
+
+    p = CommandParser("mmrep eval image-search", "query image -> item recall@K vs gallery size",
+                      sections={"image_search": SearchConfig})
     p.add_argument("--queries-emb", help="query embeddings (an mmrep export folder)")
     p.add_argument("--gallery-emb", help="gallery item embeddings (an mmrep export folder)")
     p.add_argument("--gt", help="ground truth: JSON {query_id: [item_id, ...]} or CSV with columns query,item")
@@ -178,8 +290,8 @@ def image_search_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="fail on the first corrupt item in --items instead of skipping and counting it")
     p.add_argument("--dim", type=int, default=0, help="Matryoshka dimension for encoder embeddings")
-    p.add_argument("--query-chunk", type=int, default=4096)
-    p.add_argument("--gallery-chunk", type=int, default=131072)
+    p.add_argument("--query-chunk", type=int, help="queries scored per faiss call (default 4096)")
+    p.add_argument("--gallery-chunk", type=int, help="gallery rows per faiss index (default 131072)")
     p.add_argument("--out", help="report folder (image_search.json + .md)")
     p.add_argument("--overwrite", action="store_true")
     return p
@@ -256,43 +368,99 @@ def _stream_gallery(gallery: list[str], relevant: set[str]):
     return rel_ids, dim, total, chunks
 
 
-def image_search_main(argv: list[str]) -> int:
+@dataclass
+class ImageSearchJob:
+    """`mmrep eval image-search`: embeddings files (queries, gallery, ground truth) or one encoder + --items."""
+
+    out: str
+    encoders: list[tuple[str, str]] = field(default_factory=list)  # at most one ("dir" | "config", value)
+    items: str = ""
+    query_set: str = "augment"
+    gallery_view: str = "mm"
+    queries_emb: str = ""
+    gallery_emb: str = ""
+    gt: str = ""
+    distractors_emb: list[str] = field(default_factory=list)
+    seed: int = 0
+    max_items: int = 0
+    sizes: str = ""  # comma-separated; empty = ground truth, 1k, 10k, ... all
+    ks: str = "1,5,10,50,100"
+    batch_size: int = 64
+    dim: int = 0
+    strict: bool = False
+    overwrite: bool = False
+    search: Any = None  # SearchConfig (None: its defaults; k follows --ks)
+
+    def argv(self) -> list[str]:
+        argv = ["eval", "image-search"]
+        for kind, value in self.encoders:
+            argv += ["--encoder" if kind == "dir" else "--encoder-config", value]
+        defaults = ImageSearchJob("")
+        changed = lambda k: getattr(self, k) if getattr(self, k) != getattr(defaults, k) else None  # noqa: E731
+        search = None
+        if self.search is not None:
+            search = dataclasses.replace(self.search, k=type(self.search)().k)  # k comes from --ks
+        return argv + command_line("", flags={
+            "items": self.items, "query-set": changed("query_set"), "gallery-view": changed("gallery_view"),
+            "queries-emb": self.queries_emb, "gallery-emb": self.gallery_emb, "gt": self.gt,
+            "distractors-emb": self.distractors_emb, "seed": changed("seed"), "max-items": changed("max_items"),
+            "sizes": self.sizes, "ks": changed("ks"), "batch-size": changed("batch_size"), "dim": changed("dim"),
+            "out": self.out, "overwrite": self.overwrite, "strict": self.strict},
+            sections={"image_search": search} if search is not None else None)
+
+
+def image_search(job: ImageSearchJob):
+    """Recall@K per nested gallery size; writes OUT/image_search.json, .md and image_search.yaml.
+    Returns the `ImageSearchReport`."""
     from mmrep.config import save_resolved
     from mmrep.evaluation.image_search import SearchConfig, default_sizes, evaluate_embeddings
     from mmrep.evaluation.report import write_report
 
-    args = image_search_parser().parse_args(argv)
     try:
-        ks = sorted({int(k) for k in _csv_list(args.ks, [])})
-        sizes = [int(s) for s in _csv_list(args.sizes, [])]
+        ks = sorted({int(k) for k in _csv_list(job.ks, [])})
+        sizes = [int(s) for s in _csv_list(job.sizes, [])]
     except ValueError:
         raise MmrepError("--ks and --sizes take comma-separated integers, e.g. --ks 1,10,100") from None
     if not ks or ks[0] < 1:
         raise MmrepError("--ks must list positive integers")
-    out = _check_out(args.out, "image_search", args.overwrite)
-    scfg = SearchConfig(k=max(ks), query_chunk=args.query_chunk, gallery_chunk=args.gallery_chunk)
-    specs = getattr(args, "specs", None) or []
-    source: dict[str, Any] = {}
-    if specs:
-        if len(specs) != 1:
+    out = _check_out(job.out, "image_search", job.overwrite)
+    scfg = dataclasses.replace(job.search if job.search is not None else SearchConfig(), k=max(ks))
+    if job.encoders:
+        if len(job.encoders) != 1:
             raise MmrepError("image-search evaluates one encoder at a time: pass one --encoder or --encoder-config")
-        q_emb, positives, gallery, total, n_rel, source = _encoder_queries(args, specs[0])
+        q_emb, positives, gallery, total, n_rel, source = _encoder_queries(job, job.encoders[0])
     else:
-        q_emb, positives, gallery, total, n_rel, source = _file_queries(args)
+        q_emb, positives, gallery, total, n_rel, source = _file_queries(job)
     sizes = sorted(set(min(s, total) for s in (sizes or default_sizes(total, n_rel))))
     if sizes and sizes[0] < n_rel:
         raise MmrepError(f"gallery size {sizes[0]} is smaller than the {n_rel} ground-truth items; every size "
                          "must hold them (they come first)")
     report = evaluate_embeddings(q_emb, gallery, positives, scfg, sizes, ks)
     report.source = source | {"sizes": sizes, "ks": ks}
-    md = report.markdown()
-    write_report(out, report.to_dict(), md, stem="image_search")
+    write_report(out, report.to_dict(), report.markdown(), stem="image_search")
     save_resolved(scfg, out, "image_search.yaml")
-    print(md)
+    return report
+
+
+def parse_image_search(argv: list[str]) -> ImageSearchJob:
+    from mmrep.evaluation.image_search import SearchConfig
+
+    call = image_search_parser().invoke(argv)
+    args = call.args
+    search = call.build(SearchConfig, {"image_search.query_chunk": args.query_chunk,
+                                       "image_search.gallery_chunk": args.gallery_chunk}, section="image_search")
+    return ImageSearchJob(args.out or "", list(getattr(args, "specs", None) or []), args.items or "", args.query_set,
+                          args.gallery_view, args.queries_emb or "", args.gallery_emb or "", args.gt or "",
+                          list(args.distractors_emb), args.seed, args.max_items, args.sizes or "", args.ks,
+                          args.batch_size, args.dim, args.strict, args.overwrite, search)
+
+
+def image_search_main(argv: list[str]) -> int:
+    print(image_search(parse_image_search(argv)).markdown())
     return 0
 
 
-def _file_queries(args: argparse.Namespace):
+def _file_queries(args: ImageSearchJob):
     """Queries, ground truth and a streamed gallery from export folders (--queries-emb/--gallery-emb/--gt)."""
     if not (args.queries_emb and args.gallery_emb and args.gt):
         raise MmrepError("pass --queries-emb, --gallery-emb and --gt (or --encoder with --items)")
@@ -317,11 +485,11 @@ def _file_queries(args: argparse.Namespace):
     return q_emb[keep], positives, chunks(), total, len(rel_ids), source
 
 
-def _encoder_queries(args: argparse.Namespace, spec: tuple[str, str]):
+def _encoder_queries(args: ImageSearchJob, spec: tuple[str, str]):
     """Queries built from a product shard set's images + the gallery (computed or --gallery-emb)."""
     from mmrep.data.readers import SkipStats, iter_products
     from mmrep.evaluation.benchmark import user_photo
-    from mmrep.export.embeddings import check_dim, embed_records
+    from mmrep.inference import check_dim, embed_records
     from mmrep.records import Product, Query
 
     if not args.items:

@@ -12,15 +12,15 @@ per version) and writes report.json, report.md and one scatter plot per metric.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 # config sections only: both modules import numpy alone at the top (torch / faiss load lazily)
 from mmrep.application.ctr import CtrConfig
@@ -31,63 +31,67 @@ from mmrep.errors import MmrepError
 # pure math
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean rank), 1-based."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
-    ends = np.r_[starts[1:], len(x)]
-    r = np.empty(len(x))
-    r[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return r
+def _pearson_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """scipy's Pearson r along `axis` (a batch of resamples at once); nan where a side is constant."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return stats.pearsonr(x, y, axis=axis).statistic
+
+
+def _spearman_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman ρ along `axis`: Pearson r of scipy's average ranks (what `spearmanr` computes, batched)."""
+    return _pearson_along(stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis), axis)
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation; nan when either side is constant or n < 2."""
+    """Pearson correlation (scipy.stats.pearsonr); nan when either side is constant or n < 2."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if len(x) < 2:
-        return float("nan")
-    dx, dy = x - x.mean(), y - y.mean()
-    den = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
-    return float(np.clip((dx * dy).sum() / den, -1.0, 1.0)) if den > 0 else float("nan")
+    return float(_pearson_along(x, y)) if len(x) >= 2 else float("nan")
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (Pearson of average ranks)."""
-    return pearson(_ranks(np.asarray(x, np.float64)), _ranks(np.asarray(y, np.float64)))
+    """Spearman rank correlation (scipy.stats.spearmanr; ties share their mean rank); nan when undefined."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) < 2:
+        return float("nan")
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return float(stats.spearmanr(x, y).statistic)
 
 
 def slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares fit y = a + b x -> (b, a); nan when x is constant."""
+    """Least-squares fit y = a + b x (scipy.stats.linregress) -> (b, a); nan when x is constant."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    dx = x - x.mean()
-    den = float((dx * dx).sum())
-    if len(x) < 2 or den == 0:
+    if len(x) < 2 or np.ptp(x) == 0:
         return float("nan"), float("nan")
-    b = float((dx * (y - y.mean())).sum() / den)
-    return b, float(y.mean() - b * x.mean())
+    fit = stats.linregress(x, y)
+    return float(fit.slope), float(fit.intercept)
 
 
-def fisher_ci(r: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Fisher-z interval for a Pearson r over n points (needs n > 3)."""
-    if n <= 3 or math.isnan(r):
+def fisher_ci(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Fisher-z interval of Pearson r over the n points (scipy's `pearsonr(...).confidence_interval`; needs n > 3)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) <= 3 or math.isnan(pearson(x, y)):
         return float("nan"), float("nan")
-    z = math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12))
-    half = NormalDist().inv_cdf(0.5 + level / 2) / math.sqrt(n - 3)
-    return math.tanh(z - half), math.tanh(z + half)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        ci = stats.pearsonr(x, y).confidence_interval(confidence_level=level)
+    return float(ci.low), float(ci.high)
 
 
-def bootstrap_ci(x: np.ndarray, y: np.ndarray, stat, n_boot: int = 2000, level: float = 0.95,
+def bootstrap_ci(x: np.ndarray, y: np.ndarray, stat=_pearson_along, n_boot: int = 2000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile interval of `stat(x, y)` over version resamples (degenerate resamples skipped)."""
+    """Percentile interval of `stat(x, y, axis)` over paired resamples of the versions (scipy.stats.bootstrap).
+
+    With a handful of versions some resamples repeat one version (the statistic is undefined there):
+    scipy would then return nan for the whole interval, so the percentiles are taken over the defined
+    resamples, and nan is returned only when too few are defined."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(x), len(x))
-        v = stat(x[idx], y[idx])
-        if not math.isnan(v):
-            vals.append(v)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((x, y), stat, paired=True, vectorized=True, n_resamples=n_boot, method="percentile",
+                              confidence_level=level, rng=np.random.default_rng(seed))
+    vals = res.bootstrap_distribution[np.isfinite(res.bootstrap_distribution)]
     if len(vals) < max(10, n_boot // 20):
         return float("nan"), float("nan")
     lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
@@ -127,9 +131,9 @@ def exchange_rates(metrics: dict[str, dict[str, float]], auc: dict[str, float],
         entry: dict[str, Any] = {
             "values": {v: float(m) for v, m in zip(vs, x)}, "n_versions": len(vs), "steps": steps,
             "slope": b, "intercept": a, "pearson": r, "spearman": rho,
-            "pearson_fisher_ci": list(fisher_ci(r, len(vs), level)),
-            "pearson_bootstrap_ci": list(bootstrap_ci(x, y, pearson, n_boot, level, seed)),
-            "spearman_bootstrap_ci": list(bootstrap_ci(x, y, spearman, n_boot, level, seed)),
+            "pearson_fisher_ci": list(fisher_ci(x, y, level)),
+            "pearson_bootstrap_ci": list(bootstrap_ci(x, y, _pearson_along, n_boot, level, seed)),
+            "spearman_bootstrap_ci": list(bootstrap_ci(x, y, _spearman_along, n_boot, level, seed)),
             "positive_step_fraction": _fraction([s["rate"] > 0 for s in steps if s["rate"] is not None]),
         }
         if segment_auc:
@@ -344,13 +348,76 @@ def gather(versions: list[tuple[str, Path]], log, run: ExchangeRun, segments: di
     return metrics, auc, seg_auc, details
 
 
-def main(argv: list[str]) -> int:
-    """`mmrep eval exchange-rate --versions A=DIR,B=DIR,... --log interactions.csv --out DIR`."""
-    from mmrep import config as cfgmod
-    from mmrep.fsutil import atomic_dir
+@dataclass
+class ExchangeJob:
+    """`mmrep eval exchange-rate`: versions (NAME, DIR) or a precomputed table, into `out`."""
 
-    config_path, overrides, rest = cfgmod.split_config_args(argv)
-    p = argparse.ArgumentParser(prog="mmrep eval exchange-rate", description=__doc__.splitlines()[0])
+    out: str
+    versions: list[tuple[str, str]] = field(default_factory=list)
+    table: str = ""
+    log: str = ""
+    segments: str = ""
+    pairs: str = ""
+    run: ExchangeRun = field(default_factory=ExchangeRun)
+    overwrite: bool = False
+
+    def argv(self) -> list[str]:
+        from mmrep.cli_support import command_line
+
+        return command_line("eval exchange-rate", flags={
+            "versions": ",".join(f"{n}={d}" for n, d in self.versions), "table": self.table, "log": self.log,
+            "segments": self.segments, "pairs": self.pairs, "out": self.out, "overwrite": self.overwrite},
+            sections={"exchange": self.run.exchange, "quantize": self.run.quantize, "ctr": self.run.ctr})
+
+
+@dataclass
+class ExchangeResult:
+    out: str
+    report: dict[str, Any]  # what report.json holds (before nan -> null)
+
+
+def exchange_rate_report(job: ExchangeJob) -> ExchangeResult:
+    """Gather (or read) the tables, compute the exchange rates, write report.json / report.md / plots."""
+    from mmrep import config as cfgmod
+    from mmrep.fsutil import atomic_dir, check_replaceable
+
+    run = job.run
+    if job.table:
+        t = json.loads(Path(job.table).read_text())
+        metrics, auc, seg_auc, details = t.get("metrics", {}), t.get("auc", {}), t.get("segment_auc"), {}
+    else:
+        if not job.versions:
+            raise MmrepError("pass --versions NAME=DIR,... (at least 2) or --table FILE.json")
+        if not job.log:
+            raise MmrepError("--log interactions.csv is needed to retrain the CTR model per version")
+        from mmrep.application.ctr import read_log
+
+        segments = read_segments(job.segments) if job.segments else None
+        pairs = None
+        if job.pairs:
+            import pandas as pd
+
+            df = pd.read_csv(job.pairs, dtype=str, keep_default_na=False)
+            pairs = list(zip(df["item_a"], df["item_b"]))
+        versions = [(name, Path(d)) for name, d in job.versions]
+        metrics, auc, seg_auc, details = gather(versions, read_log(job.log), run, segments, pairs)
+    report = exchange_rates(metrics, auc, seg_auc or None, run.exchange.bootstrap, run.exchange.level,
+                            run.exchange.seed)
+    report["details"] = details
+    out = check_replaceable(job.out, job.overwrite, ("report.json", "report.md"))
+    with atomic_dir(out, "exchange-rate", ("report.json", "report.md")) as tmp:
+        (tmp / "report.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+        (tmp / "report.md").write_text(markdown(report))
+        scatter_plots(report, tmp / "plots")
+        cfgmod.save_resolved(run, tmp)
+    return ExchangeResult(str(out), _clean(report))
+
+
+def parse(argv: list[str]) -> ExchangeJob:
+    from mmrep.cli_support import CommandParser
+
+    p = CommandParser("mmrep eval exchange-rate", __doc__.splitlines()[0],
+                      sections={"exchange": ExchangeConfig, "quantize": QuantizeConfig, "ctr": CtrConfig})
     p.add_argument("--versions", help="comma list of NAME=DIR (embeddings + optional metrics.json)")
     p.add_argument("--table", help="JSON {metrics: {v: {m: x}}, auc: {v: x}, segment_auc: {v: {s: x}}} "
                                    "instead of computing them")
@@ -359,39 +426,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--pairs", help="pairs.csv (item_a,item_b) for the built-in pair-recall metric")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(rest)
-    run = cfgmod.load(ExchangeRun, config_path, overrides)
-    if args.table:
-        t = json.loads(Path(args.table).read_text())
-        metrics, auc, seg_auc, details = t.get("metrics", {}), t.get("auc", {}), t.get("segment_auc"), {}
-    else:
-        if not args.versions:
-            raise MmrepError("pass --versions NAME=DIR,... (at least 2) or --table FILE.json")
-        versions = parse_versions(args.versions)
-        if not args.log:
-            raise MmrepError("--log interactions.csv is needed to retrain the CTR model per version")
-        from mmrep.application.ctr import read_log
+    call = p.invoke(argv)
+    args = call.args
+    versions = [(n, str(d)) for n, d in parse_versions(args.versions)] if args.versions and not args.table else []
+    return ExchangeJob(args.out, versions, args.table or "", args.log or "", args.segments or "", args.pairs or "",
+                       call.build(ExchangeRun), args.overwrite)
 
-        segments = read_segments(args.segments) if args.segments else None
-        pairs = None
-        if args.pairs:
-            import pandas as pd
 
-            df = pd.read_csv(args.pairs, dtype=str, keep_default_na=False)
-            pairs = list(zip(df["item_a"], df["item_b"]))
-        metrics, auc, seg_auc, details = gather(versions, read_log(args.log), run, segments, pairs)
-    report = exchange_rates(metrics, auc, seg_auc or None, run.exchange.bootstrap, run.exchange.level,
-                            run.exchange.seed)
-    report["details"] = details
-    from mmrep.fsutil import check_replaceable
-
-    out = check_replaceable(args.out, args.overwrite, ("report.json", "report.md"))
-    with atomic_dir(out, "exchange-rate", ("report.json", "report.md")) as tmp:
-        (tmp / "report.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
-        (tmp / "report.md").write_text(markdown(report))
-        scatter_plots(report, tmp / "plots")
-        cfgmod.save_resolved(run, tmp)
-    print(markdown(report).split("## Columns")[0])
+def main(argv: list[str]) -> int:
+    """`mmrep eval exchange-rate --versions A=DIR,B=DIR,... --log interactions.csv --out DIR`."""
+    done = exchange_rate_report(parse(argv))
+    print(markdown(done.report).split("## Columns")[0])
     return 0
 
 

@@ -11,35 +11,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from mmrep.config import from_dict, parse_override, read_yaml, set_dotted, split_config_args
-from mmrep.errors import MmrepError
+from mmrep.cli_support import CommandParser, command_line
 
 
-def section_from_args(cls: type, section: str, argv: Sequence[str], parser: argparse.ArgumentParser) -> tuple[Any, argparse.Namespace]:
-    """`--config FILE` section + `--section.key=v` overrides + the parser's flags (None = unset) -> `cls`."""
-    config, overrides, rest = split_config_args(argv)
-    args = parser.parse_args(rest)
-    raw: dict[str, Any] = {}
-    if config:
-        data = read_yaml(config)
-        raw = dict(data.get(section, {}) if isinstance(data.get(section), dict) else {})
-    root = {section: raw}
-    for item in overrides:
-        key, value = parse_override(item)
-        if not key.startswith(section + "."):
-            raise MmrepError(f"override {item!r} must start with --{section}.")
-        set_dotted(root, key, value)
+def flags_of(cls: type, section: str, args: argparse.Namespace) -> dict:
+    """The parsed flags that name keys of `cls`, as `section.key` (None = not given, the config decides)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    for key, value in vars(args).items():
-        if key in names and value is not None:
-            root[section][key] = value
-    return from_dict(cls, root[section], section), args
+    return {f"{section}.{k}": v for k, v in vars(args).items() if k in names and v is not None}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmrep export", description="item / query embeddings from an encoder dir")
+def build_parser() -> CommandParser:
+    from mmrep.export.embeddings import ExportConfig
+
+    p = CommandParser("mmrep export", "item / query embeddings from an encoder dir", sections={"export": ExportConfig})
     p.add_argument("--encoder", help="encoder dir (RUN/encoder, written by training)")
     p.add_argument("--shards", help="shard-set folder: products, queries (benchmark queries/) or triplets")
     p.add_argument("--out", help="output folder (parts + index.json)")
@@ -64,12 +51,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
-    from mmrep.export.embeddings import ExportConfig, export
+@dataclass
+class ExportResult:
+    out: str
+    count: int
+    kind: str
+    dim: int
+    dtype: str
+    parts: int
+    skipped: int
 
-    cfg, _ = section_from_args(ExportConfig, "export", argv, build_parser())
+
+def export_argv(cfg: Any) -> list[str]:
+    """The `mmrep export` command line for an `ExportConfig` (paths as flags, the rest as overrides)."""
+    default = type(cfg)()
+    rest = dataclasses.replace(cfg, encoder=default.encoder, shards=default.shards, out=default.out,
+                               overwrite=default.overwrite, progress=default.progress, faiss=default.faiss)
+    return command_line("export", flags={"encoder": cfg.encoder, "shards": cfg.shards, "out": cfg.out,
+                                         "overwrite": cfg.overwrite, "no-progress": not cfg.progress,
+                                         "faiss": None if cfg.faiss == default.faiss else cfg.faiss},
+                        sections={"export": rest})
+
+
+def export_embeddings(cfg: Any) -> ExportResult | None:
+    """Run the export of an `ExportConfig`; None on ranks that do not write the index."""
+    from mmrep.export.embeddings import export
+
     index = export(cfg)
-    if index:
-        print(f"wrote {index['count']} {index['kind']} embeddings ({index['dim']}-d {index['dtype']}, "
-              f"{len(index['parts'])} parts, {index['skipped']} skipped) to {cfg.out}")
+    if not index:
+        return None
+    return ExportResult(str(cfg.out), int(index["count"]), str(index["kind"]), int(index["dim"]), str(index["dtype"]),
+                        len(index["parts"]), int(index["skipped"]))
+
+
+def parse(argv: list[str]) -> Any:
+    """argv -> `ExportConfig` (file < overrides < flags)."""
+    from mmrep.export.embeddings import ExportConfig
+
+    call = build_parser().invoke(argv)
+    return call.build(ExportConfig, flags_of(ExportConfig, "export", call.args), section="export")
+
+
+def main(argv: list[str]) -> int:
+    done = export_embeddings(parse(argv))
+    if done:
+        print(f"wrote {done.count} {done.kind} embeddings ({done.dim}-d {done.dtype}, {done.parts} parts, "
+              f"{done.skipped} skipped) to {done.out}")
     return 0

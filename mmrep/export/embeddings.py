@@ -33,9 +33,6 @@ from mmrep.fsutil import MARKER, atomic_write, has_marker, write_marker
 from mmrep.inference import EncoderHandle, View, embed_prepared, has_view, open_encoder, prepare_record
 from mmrep.records import Product, Query, Triplet
 
-# mmrep/evaluation/cli.py still imports these two from here; it moves to mmrep.inference when issue 12 merges
-from mmrep.inference import check_dim, embed_records  # noqa: E402,F401
-
 def as_exportable(record: Product | Query | Triplet, kind: str) -> Product | Query:
     """The record to embed for `kind` ("items" or "queries")."""
     if isinstance(record, Triplet):

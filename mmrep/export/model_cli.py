@@ -10,23 +10,24 @@ Formats (each into its own subfolder of --out when several are asked for):
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from mmrep.cli_support import CommandParser
 from mmrep.errors import MmrepError
 
 FORMATS = ("hf", "open_clip", "encoder")
 MARKER = "mmrep_export.json"  # written last into every export: --overwrite replaces only folders holding it
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmrep export-model", description="export an encoder for transformers, "
-                                "sentence-transformers, open_clip, or as an mmrep encoder folder")
+def build_parser() -> CommandParser:
+    # --config here is the run's own resolved config.yaml (to rebuild its model), not a command config
+    p = CommandParser("mmrep export-model", "export an encoder for transformers, sentence-transformers, open_clip, "
+                      "or as an mmrep encoder folder", config_help="the run's resolved config.yaml, to rebuild the "
+                      "model of a --checkpoint (default: next to the checkpoint folder)", config_note=False)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--encoder", help="encoder folder (RUN/encoder) or a run folder holding encoder/")
     src.add_argument("--checkpoint", help="DeepSpeed checkpoint folder (RUN/checkpoints) or the run folder")
     p.add_argument("--tag", default="latest", help="checkpoint tag (global_stepN) or 'latest' (with --checkpoint)")
-    p.add_argument("--config", help="the run's resolved config.yaml (default: next to the checkpoint folder)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", default="hf", choices=[*FORMATS, "all"],
                    help="hf (default), open_clip, encoder, or all that apply to this backbone")
@@ -45,10 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     from mmrep.export.card import model_card, read_metrics
-    from mmrep.export.from_checkpoint import encoder_from_checkpoint
+    from mmrep.model.from_checkpoint import encoder_from_checkpoint
     from mmrep.model import load_encoder, save_encoder
 
-    args = build_parser().parse_args(argv)
+    call = build_parser().invoke(argv)
+    args = call.args
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise MmrepError(f"--out {out} exists; pass --overwrite to replace it or choose another folder")
@@ -61,7 +63,7 @@ def main(argv: list[str]) -> int:
         src = src / "encoder" if (src / "encoder").is_dir() else src
         encoder, run_dir = load_encoder(src), src.parent
     else:
-        encoder = encoder_from_checkpoint(args.checkpoint, args.tag, args.config)
+        encoder = encoder_from_checkpoint(args.checkpoint, args.tag, call.config)
         ckpt = Path(args.checkpoint)
         run_dir = ckpt if (ckpt / "checkpoints").is_dir() else ckpt.parent
     backbone = encoder.cfg.backbone

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from mmrep.cli_support import CommandParser
 from mmrep.errors import MmrepError
 from mmrep.fsutil import atomic_write
 
@@ -22,9 +23,12 @@ SWEEP_COPY = "sweep.yaml"
 DEFAULT_METRIC = {"name": "val_mean_r10", "goal": "maximize"}
 
 
-def run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmrep sweep", description="run a W&B sweep file locally (the commands "
-                                "`wandb agent` builds), then fit scaling laws; `mmrep sweep fit DIR` refits")
+def run_parser() -> CommandParser:
+    # the sweep file is the config here (a positional): overrides edit it, not config sections
+    p = CommandParser("mmrep sweep", "run a W&B sweep file locally (the commands `wandb agent` builds), then fit "
+                      "scaling laws; `mmrep sweep fit DIR` refits", config_help=None, top_level=("run_cap",),
+                      overrides_help="The sweep file is the config: --parameters.NAME.values=[1,2] (or .value=X) and "
+                                     "--run_cap=N override its keys (e.g. --parameters.optim.total_steps.values=[50,100]).")
     p.add_argument("sweep", help="W&B sweep YAML (configs/sweeps/)")
     p.add_argument("--out", required=True, help="sweep folder: runs/, logs/, results.json, fits and report")
     p.add_argument("--count", type=int, help="number of runs (random) or a cap (grid), like run_cap")
@@ -54,12 +58,11 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "fit":
-        return fit_main(argv[1:])
     from mmrep.sweeps import agent
     from mmrep.sweeps.spec import expand, load_sweep, pick
 
-    args, overrides = run_parser().parse_known_args(argv)
+    call = run_parser().invoke(argv)
+    args, overrides = call.args, call.overrides
     bad = [o for o in overrides if not o.startswith("--parameters.") and not o.startswith("--run_cap")]
     if bad:
         raise MmrepError(f"unknown option {bad[0]!r}; sweep overrides look like --parameters.NAME.values=[1,2]")
@@ -90,11 +93,11 @@ def main(argv: list[str]) -> int:
 
 
 def fit_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="mmrep sweep fit", description="fit scaling laws to a sweep folder's runs")
+    p = CommandParser("mmrep sweep fit", "fit scaling laws to a sweep folder's runs", config_help=None)
     p.add_argument("folder", help="a `mmrep sweep` folder, or any folder holding runs' summary.json files")
     p.add_argument("--out", help="where fits.json, report.md and the plots go (default: the folder)")
     _fit_options(p)
-    args = p.parse_args(argv)
+    args = p.invoke(argv).args
     folder = Path(args.folder)
     metric = {}
     if (folder / SWEEP_COPY).is_file():

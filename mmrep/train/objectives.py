@@ -15,15 +15,14 @@ the encoder.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Literal, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from mmrep.batch import EncoderInput
+from mmrep.data.collate import PairBatch
 from mmrep.errors import MmrepError
-from mmrep.records import Interaction, ItemPair
 from mmrep.train.filtering import DynamicFilter, filter_stats, hardest_negative
 from mmrep.distributed import all_reduce_max, gather_no_grad, gather_with_grad, global_sum, rank_world
 from mmrep.train.losses import (LogitScale, global_mean, id_hash, info_nce, matryoshka_weights, symmetric_contrastive,
@@ -192,19 +191,6 @@ def concat_features(parts: list[Features]) -> Features:
 class LossOutput:
     loss: torch.Tensor  # scalar, this rank's share (mean over ranks = the global-batch loss)
     metrics: dict[str, float]
-
-
-@dataclass
-class PairBatch:
-    """B item-item pairs (QARM alignment): a[b] and b[b] are behaviourally linked items."""
-
-    a: EncoderInput
-    b: EncoderInput
-    ids_a: list[str]
-    ids_b: list[str]
-
-    def __len__(self) -> int:
-        return len(self.ids_a)
 
 
 class _Encoded:
@@ -669,38 +655,3 @@ def build_objective(stage: str, cfg: LossConfig, embed_dim: int) -> Objective:
     if stage not in classes:
         raise MmrepError(f"training stage {stage!r} is not one of {sorted(classes)}")
     return classes[stage](cfg, embed_dim)
-
-
-def mine_user_item_pairs(
-    interactions: Sequence[Interaction],
-    embeddings: Mapping[str, Sequence[float]] | tuple[Sequence[str], np.ndarray],
-    window: int = 10,
-    events: Sequence[str] = ("click", "purchase"),
-) -> list[ItemPair]:
-    """QARM user-to-item pairs: each interacted item paired with the most similar (cosine) of the same
-    user's previous `window` interacted items (other items only). Items without an embedding are skipped."""
-    if window < 1:
-        raise MmrepError(f"window must be >= 1, got {window}")
-    if isinstance(embeddings, tuple):
-        ids, matrix = embeddings
-        matrix = np.asarray(matrix, dtype=np.float32)
-        if len(ids) != matrix.shape[0]:
-            raise MmrepError(f"embeddings: {len(ids)} ids for {matrix.shape[0]} rows")
-        table = {str(i): matrix[n] for n, i in enumerate(ids)}
-    else:
-        table = {str(k): np.asarray(v, dtype=np.float32) for k, v in embeddings.items()}
-    unit = {k: v / max(float(np.linalg.norm(v)), 1e-12) for k, v in table.items()}
-    by_user: dict[str, list[Interaction]] = {}
-    for it in interactions:
-        if it.event in events and str(it.item) in unit:
-            by_user.setdefault(it.user, []).append(it)
-    pairs: list[ItemPair] = []
-    for user in sorted(by_user):
-        history = sorted(by_user[user], key=lambda it: it.time)
-        for n, it in enumerate(history):
-            recent = [h.item for h in history[max(0, n - window):n] if h.item != it.item]
-            if not recent:
-                continue
-            sims = np.stack([unit[r] for r in recent]) @ unit[it.item]
-            pairs.append(ItemPair(item_a=recent[int(np.argmax(sims))], item_b=it.item, kind="user-item"))
-    return pairs

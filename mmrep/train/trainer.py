@@ -258,57 +258,6 @@ def batch_size_of(batch: Any) -> int:
     return int(getattr(batch, "batch_size"))
 
 
-class PairLoader:
-    """Item-alignment batches (`PairBatch`) from a pair CSV over a product shard set, for one rank.
-
-    Products are decoded once into memory (alignment sets are catalogue-sized); pairs whose items are
-    missing are skipped and counted. Every rank yields the same number of batches per epoch."""
-
-    def __init__(self, pairs_csv: str, data: DataConfig, collator, rank: int, world: int):
-        import csv
-
-        from mmrep.data.readers import SkipStats, iter_products
-
-        path = Path(pairs_csv)
-        if not path.is_file():
-            raise MmrepError(f"pairs file {pairs_csv!r} not found (an item-pair CSV with columns item_a,item_b,kind)")
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"item_a", "item_b"} <= set(reader.fieldnames):
-                raise MmrepError(f"{pairs_csv}: needs columns item_a,item_b (got {reader.fieldnames})")
-            rows = [(r["item_a"], r["item_b"]) for r in reader]
-        self.skip_stats = SkipStats()
-        self.products = {p.id: p for p in iter_products(data.shards, data.strict, self.skip_stats)}
-        self.pairs = [(a, b) for a, b in rows if a in self.products and b in self.products]
-        self.missing = len(rows) - len(self.pairs)
-        self.data, self.collator, self.rank, self.world = data, collator, rank, world
-        self.epoch = 0
-        self.num_batches = len(self.pairs) // world // data.batch_size
-        if self.num_batches < 1:
-            raise MmrepError(f"{pairs_csv}: {len(self.pairs)} usable pairs ({self.missing} name items missing from "
-                             f"{data.shards}) cannot fill one batch of {data.batch_size} per rank on {world} ranks")
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __iter__(self) -> Iterator[Any]:
-        import random
-
-        from mmrep.train.objectives import PairBatch
-
-        order = list(range(len(self.pairs)))
-        random.Random(f"{self.data.seed}-{self.epoch}").shuffle(order)  # same permutation on every rank
-        mine = order[self.rank::self.world][: self.num_batches * self.data.batch_size]
-        for start in range(0, len(mine), self.data.batch_size):
-            chunk = [self.pairs[i] for i in mine[start:start + self.data.batch_size]]
-            a = self.collator.products([self.products[x] for x, _ in chunk])
-            b = self.collator.products([self.products[y] for _, y in chunk])
-            yield PairBatch(a.inputs, b.inputs, [x for x, _ in chunk], [y for _, y in chunk])
-
-
 class TrainModule(nn.Module):
     """Encoder + objective as one module, so DeepSpeed owns (and checkpoints) both: temperature, queue, W*."""
 
@@ -513,6 +462,8 @@ class Trainer:
             # instead of replaying the ones it already trained on.
             data = dataclasses.replace(data, seed=data.seed + 7919 * self.step)
         if self.cfg.stage == "align":
+            from mmrep.data.pairs import PairLoader
+
             return PairLoader(self.cfg.pairs, data, self.collator(train=True), self.rank, self.world)
         kind = {"pretrain": "products", "posttrain": "triplets"}[self.cfg.stage]
         return train_loader(data, self.collator(train=True), self.rank, self.world, kind=kind)

@@ -100,7 +100,8 @@ def test_export_make_bench_eval_and_image_search(damaged, encoder_dir, tmp_path,
 
 
 def test_augment(damaged, tmp_path, capsys):
-    from mmrep.train.augment import AugmentConfig, augment_shards
+    from mmrep.augment.config import AugmentConfig
+    from mmrep.augment.job import augment_shards
 
     manifest = augment_shards(AugmentConfig(shards=str(damaged), out=str(tmp_path / "aug"), images_per_product=0,
                                             titles_per_product=0, filter="none"))

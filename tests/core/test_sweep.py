@@ -168,13 +168,15 @@ def test_sweep_cli_dry_run_and_fit(tmp_path, capsys):
     assert cli.main([str(path), "--out", str(tmp_path / "o"), "--dry-run", "--max-runs", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and "WANDB_RUN_ID=r" in lines[0] and lines[1].endswith("--x=3")
-    with pytest.raises(MmrepError, match="unknown option"):
+    with pytest.raises(SystemExit):  # argparse: usage + "unrecognized arguments", exit 2, as in every command
         cli.main([str(path), "--out", str(tmp_path / "o"), "--bogus=1"])
+    with pytest.raises(MmrepError, match="unknown option"):  # dotted, but not a sweep-file key
+        cli.main([str(path), "--out", str(tmp_path / "o"), "--optim.lr=1"])
     runs = tmp_path / "agent-runs"
     for s in _summaries():
         (runs / s["run_id"]).mkdir(parents=True)
         (runs / s["run_id"] / "summary.json").write_text(json.dumps(s))
-    assert cli.main(["fit", str(runs), "--n-boot", "50", "--wandb", "disabled"]) == 0
+    assert cli.fit_main([str(runs), "--n-boot", "50", "--wandb", "disabled"]) == 0
     assert json.loads((runs / "fits.json").read_text())["metric"] == "val_mean_r10"
 
 

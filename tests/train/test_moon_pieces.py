@@ -19,7 +19,8 @@ from mmrep.model.config import ModelConfig
 from mmrep.model import build_encoder
 from mmrep.records import Product
 from mmrep.train.filtering import DynamicFilter, hardest_negative
-from mmrep.train.objectives import LossConfig, PairBatch, build_objective
+from mmrep.data.collate import PairBatch
+from mmrep.train.objectives import LossConfig, build_objective
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
 

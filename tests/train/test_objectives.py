@@ -5,22 +5,19 @@ import dataclasses
 import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from mmrep import config
-from mmrep.batch import EncoderInput
-from mmrep.data.collate import Collator
+from mmrep.data.collate import Collator, PairBatch
 from mmrep.data.tokenize import ProductTokenizer
 from mmrep.data.transforms import ImageTransform
 from mmrep.errors import MmrepError
 from mmrep.model.config import ModelConfig
 from mmrep.model import build_encoder
-from mmrep.records import Interaction, Product, Query, Triplet
-from mmrep.train.objectives import (Features, LossConfig, PairBatch, PosttrainObjective, build_objective,
-                                    concat_features, mine_user_item_pairs)
+from mmrep.records import Product, Query, Triplet
+from mmrep.train.objectives import Features, LossConfig, PosttrainObjective, build_objective, concat_features
 from two_ranks import close_rank, init_rank, run_two_ranks  # tests/train/two_ranks.py
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
@@ -208,7 +205,7 @@ def test_pretrain_intra_and_view_alignment(encoder, collator):
     assert o2.loss.item() == pytest.approx(o1.loss.item() + 0.5 * o2.metrics["loss/view_align"], rel=1e-5)
 
 
-def test_item_align_objective_and_user_item_mining(encoder, collator):
+def test_item_align_objective(encoder, collator):
     a = collator.products([product(i) for i in range(4)]).inputs
     b = collator.products([product(i + 4) for i in range(4)]).inputs
     batch = PairBatch(a, b, ["p0", "p1", "p2", "p3"], ["p4", "p5", "p6", "p7"])
@@ -217,18 +214,6 @@ def test_item_align_objective_and_user_item_mining(encoder, collator):
     assert torch.isfinite(out.loss) and "loss/align" in out.metrics
     out.loss.backward()
     assert obj.logit_scale.log_scale.grad is not None
-
-    emb = {"x": [1.0, 0.0], "y": [0.0, 1.0], "z": [0.9, 0.1], "w": [0.1, 0.9]}
-    log = [Interaction("u1", "x", 1, "click"), Interaction("u1", "y", 2, "click"), Interaction("u1", "z", 3, "purchase"),
-           Interaction("u1", "w", 4, "exposure"), Interaction("u2", "y", 1, "click"), Interaction("u2", "w", 5, "click"),
-           Interaction("u1", "w", 9, "click")]
-    pairs = mine_user_item_pairs(log, emb, window=2)
-    got = [(p.item_a, p.item_b) for p in pairs]
-    # u1: y<-x, z<-x (most similar of [x, y]), w<-y (window 2 = [y, z]); exposures are ignored; u2: w<-y
-    assert got == [("x", "y"), ("x", "z"), ("y", "w"), ("y", "w")]
-    assert all(p.kind == "user-item" for p in pairs)
-    ids, matrix = list(emb), np.array(list(emb.values()))
-    assert [(p.item_a, p.item_b) for p in mine_user_item_pairs(log, (ids, matrix), window=2)] == got
 
 
 def test_loss_config_validation_and_overrides(tmp_path):

@@ -15,8 +15,10 @@ from mmrep.data.readers import iter_products
 from mmrep.data.shards import ShardWriter, read_manifest
 from mmrep.errors import MmrepError
 from mmrep.records import Product, sample_key
-from mmrep.train import augment
-from mmrep.train.augment import AUGMENTERS, AugmentConfig, augment_shards, build_augmenter
+from mmrep.augment import consistency, images, titles
+from mmrep.augment.config import AugmentConfig, AugmentRun
+from mmrep.augment.job import augment_shards
+from mmrep.augment.registry import AUGMENTERS, build_augmenter
 
 ROOT = Path(__file__).resolve().parents[2]
 COLOURS = {"red": (210, 30, 30), "blue": (30, 40, 210), "green": (30, 170, 40), "yellow": (230, 210, 20)}
@@ -64,7 +66,7 @@ def test_builtin_augmentation_writes_a_new_set_and_keeps_entities(tmp_path):
     assert sorted(p.name for p in src.iterdir()) == before  # the input set is untouched
     assert read_manifest(dest)["count"] == 4 and manifest["augment"]["products"] == 4
     assert (dest / "augment_config.yaml").is_file()
-    resolved = config.load(augment.AugmentRun, dest / "augment_config.yaml")
+    resolved = config.load(AugmentRun, dest / "augment_config.yaml")
     assert resolved.augment.images_per_product == 3
     out = {p.id: p for p in iter_products(dest)}
     originals = {p.id: p for p in products()}
@@ -99,9 +101,9 @@ def test_builtin_augmenters_preserve_the_product():
         build_augmenter("color_jitter", {"brightness": 0.9})
     with pytest.raises(MmrepError, match="augment.options.flip"):
         build_augmenter("flip", {"bogus": 1})
-    assert augment.ensure_entities("nice tee", p) == "nice tee Red Casual Shoes"
+    assert titles.ensure_entities("nice tee", p) == "nice tee Red Casual Shoes"
     priced = Product(id="x", title="tee", attributes={"colour": "red", "price": "19.99"})
-    assert augment.product_entities(priced) == ["red"]  # a price is not a title entity
+    assert titles.product_entities(priced) == ["red"]  # a price is not a title entity
 
 
 @pytest.mark.parametrize("split", ["test", "val", "Eval"])
@@ -148,9 +150,9 @@ def test_hf_vlm_augmenter_names_a_missing_path(tmp_path):
 
 def test_scorer_checkpoint_errors(tmp_path):
     with pytest.raises(MmrepError, match="open_clip_config.json"):
-        augment.build_scorer("open_clip", f"local-dir:{tmp_path}")
+        consistency.build_scorer("open_clip", f"local-dir:{tmp_path}")
     with pytest.raises(MmrepError, match="not an mmrep encoder directory"):
-        augment.build_scorer("mmrep", str(tmp_path))
+        consistency.build_scorer("mmrep", str(tmp_path))
 
 
 class Recolour:
@@ -202,7 +204,7 @@ def trained_clip(tmp_path_factory):
     return export_open_clip(enc, root / "open_clip"), save_encoder(enc, root / "mmrep"), float(loss.detach())
 
 
-class CountedFlip(augment.Flip):
+class CountedFlip(images.Flip):
     """The consistent editor (a mirror image), counting its generations."""
 
     calls = 0
@@ -221,7 +223,7 @@ def test_consistency_filter_drops_mismatched_generations(tmp_path, monkeypatch, 
     their defaults (no calibration: they only compare a generation with the batch's other products)."""
     oc_dir, mm_dir, final_loss = trained_clip
     checkpoint = f"local-dir:{oc_dir}" if backend == "open_clip" else str(mm_dir)
-    scorer = augment.build_scorer(backend, checkpoint)
+    scorer = consistency.build_scorer(backend, checkpoint)
     items = products()
     sims = np.array([[scorer.score([p.images[0]], [q.title])[0] for q in items] for p in items])
     matched, mismatched = np.diag(sims), sims[~np.eye(4, dtype=bool)]
@@ -281,20 +283,41 @@ def test_background_swap_on_real_catalogue_images_keeps_the_product():
 def test_relative_filter_rules_compare_with_the_batch():
     cfg = AugmentConfig()  # rank rule: beat 90% of the in-batch mismatched candidates
     others = np.array([0.70, 0.71, 0.72, 0.73, 0.74, 0.75, 0.76, 0.77, 0.78, 0.80])
-    assert augment.keep_generation(0.79, others, cfg) == (True, True)  # beats 9 of 10 (the 0.79 of a typical match)
-    assert augment.keep_generation(0.775, others, cfg) == (False, True)  # 8 of 10: as good as a mismatch
-    assert augment.keep_generation(0.1, np.zeros(0), cfg) == (True, False)  # nothing to compare with: kept, unjudged
+    assert consistency.keep_generation(0.79, others, cfg) == (True, True)  # beats 9 of 10 (the 0.79 of a typical match)
+    assert consistency.keep_generation(0.775, others, cfg) == (False, True)  # 8 of 10: as good as a mismatch
+    assert consistency.keep_generation(0.1, np.zeros(0), cfg) == (True, False)  # nothing to compare with: kept, unjudged
     # a weak scorer ranks the product's own original pair at 0.8: the generation needs 0.7 of the candidates
-    assert augment.keep_generation(0.765, others, cfg, original=0.8) == (True, True)
-    assert augment.keep_generation(0.745, others, cfg, original=0.8) == (False, True)
-    assert augment.keep_generation(0.775, others, cfg, original=1.0) == (False, True)  # a strong one: still 0.9
+    assert consistency.keep_generation(0.765, others, cfg, original=0.8) == (True, True)
+    assert consistency.keep_generation(0.745, others, cfg, original=0.8) == (False, True)
+    assert consistency.keep_generation(0.775, others, cfg, original=1.0) == (False, True)  # a strong one: still 0.9
     strict = AugmentConfig(filter_beat_frac=1.0)
-    assert augment.keep_generation(0.79, others, strict)[0] is False
+    assert consistency.keep_generation(0.79, others, strict)[0] is False
     margin = AugmentConfig(filter_rule="margin", filter_margin=0.03)
-    assert augment.keep_generation(0.79, others, margin)[0] and not augment.keep_generation(0.76, others, margin)[0]
+    assert consistency.keep_generation(0.79, others, margin)[0] and not consistency.keep_generation(0.76, others, margin)[0]
     threshold = AugmentConfig(filter_rule="threshold")  # the absolute rule at 0.2 keeps both (what it did before)
-    assert augment.keep_generation(0.79, others, threshold)[0] and augment.keep_generation(0.71, others, threshold)[0]
+    assert consistency.keep_generation(0.79, others, threshold)[0] and consistency.keep_generation(0.71, others, threshold)[0]
     with pytest.raises(MmrepError, match="filter_batch"):
         AugmentConfig(filter_batch=1)
     with pytest.raises(MmrepError, match="filter_beat_frac"):
         AugmentConfig(filter_beat_frac=1.5)
+
+
+def test_torchvision_transforms_match_the_pil_reference():
+    """Flip / crop-resize / colour jitter run through torchvision; for the same draws they equal PIL's own ops."""
+    from PIL import ImageEnhance, ImageOps
+
+    arr = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    img, p = Image.fromarray(arr), Product(id="x")
+    assert np.array_equal(np.asarray(images.Flip()(img, p, random.Random(0))), np.asarray(ImageOps.mirror(img)))
+    for seed in range(5):
+        rng = random.Random(seed)  # the draws CropScale makes, in its order
+        side = rng.uniform(0.7, 1.0) ** 0.5
+        cw, ch = max(1, round(53 * side)), max(1, round(37 * side))
+        x, y = rng.randint(0, 53 - cw), rng.randint(0, 37 - ch)
+        ref = img.crop((x, y, x + cw, y + ch)).resize((53, 37), Image.BICUBIC)
+        assert np.array_equal(np.asarray(images.CropScale()(img, p, random.Random(seed))), np.asarray(ref))
+        rng = random.Random(seed)
+        ref = ImageEnhance.Brightness(img).enhance(rng.uniform(0.85, 1.15))
+        ref = ImageEnhance.Contrast(ref).enhance(rng.uniform(0.85, 1.15))
+        ref = ImageEnhance.Color(ref).enhance(rng.uniform(0.9, 1.1))
+        assert np.array_equal(np.asarray(images.ColorJitter()(img, p, random.Random(seed))), np.asarray(ref))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -83,6 +84,68 @@ class RunningTopK:
             i += self.seen
             self.scores[rows], self.indices[rows] = _merge_sorted(self.scores[rows], self.indices[rows], s, i)
         self.seen += block.shape[0]
+
+
+@dataclass
+class ExportGallery:
+    """An export-folder gallery in search order: ground-truth rows first, then everything else.
+
+    `relevant_ids[j]` is gallery position j; `total` rows in all; `chunks()` streams them.
+    """
+
+    relevant_ids: list[str]
+    dim: int
+    total: int
+    rows: object  # mmrep.export.format.ExportRows over the folders
+    keep: list  # per part: None (stream every row) or a bool mask of the rows streamed after the ground truth
+    relevant_rows: np.ndarray  # positions (in part order) of the ground-truth rows, in gallery order
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """One pass over the parts: the ground-truth rows first (read alone, through the memory maps,
+        touching only their pages), then each part's other rows, a part at a time (memory: one part's
+        mapped pages; a float32 part with no ground-truth row goes to faiss without a copy)."""
+        if self.relevant_rows.size:
+            yield self.rows.take(self.relevant_rows)
+        for p, keep in enumerate(self.keep):
+            emb = self.rows.part(p)
+            yield emb if keep is None else emb[keep]
+            self.rows.close()  # unmap the part: its pages leave the resident set
+
+
+def export_gallery(paths: Sequence[str | Path], relevant: set[str]) -> ExportGallery:
+    """Plan a one-pass search over export folders (gallery first, then distractors).
+
+    Reads only the part headers (ids) here. Rows whose id is in `relevant` are put first, in the order
+    they are found, each id once (an item in both the gallery and a distractor set is searched once);
+    the other rows follow in part order.
+    """
+    from mmrep.export.format import ExportRows, read_part_ids
+
+    rows = ExportRows(list(paths))
+    relevant_ids: list[str] = []
+    relevant_rows: list[int] = []
+    seen: set[str] = set()
+    keep: list = []
+    repeats = 0
+    for p, file in enumerate(rows.files):
+        ids = read_part_ids(file)
+        if len(ids) != rows.offsets[p + 1] - rows.offsets[p]:
+            raise MmrepError(f"{file} holds {len(ids)} ids, its index.json says {rows.offsets[p + 1] - rows.offsets[p]}")
+        hit = [j for j, i in enumerate(ids) if i in relevant]
+        if not hit:
+            keep.append(None)
+            continue
+        mask = np.ones(len(ids), dtype=bool)
+        mask[hit] = False
+        keep.append(mask)
+        for j in hit:
+            if ids[j] in seen:
+                repeats += 1
+                continue
+            seen.add(ids[j])
+            relevant_ids.append(ids[j])
+            relevant_rows.append(int(rows.offsets[p]) + j)
+    return ExportGallery(relevant_ids, rows.dim, len(rows) - repeats, rows, keep, np.asarray(relevant_rows, np.int64))
 
 
 def chunked_search(

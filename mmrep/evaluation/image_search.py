@@ -101,15 +101,20 @@ class ExportGallery:
     relevant_rows: np.ndarray  # positions (in part order) of the ground-truth rows, in gallery order
 
     def chunks(self) -> Iterator[np.ndarray]:
-        """One pass over the parts: the ground-truth rows first (read alone, through the memory maps,
-        touching only their pages), then each part's other rows, a part at a time (memory: one part's
-        mapped pages; a float32 part with no ground-truth row goes to faiss without a copy)."""
+        """One pass over the parts: the ground-truth rows first (read alone, through memory maps that
+        touch only their pages), then each part's other rows, a part at a time, read straight into a
+        buffer reused across parts (memory: one part), so a yielded array is valid only until the next
+        one is requested."""
+        from mmrep.export.format import read_part_into
+
         if self.relevant_rows.size:
             yield self.rows.take(self.relevant_rows)
+            self.rows.close()
+        buf = None
         for p, keep in enumerate(self.keep):
-            emb = self.rows.part(p)
-            yield emb if keep is None else emb[keep]
-            self.rows.close()  # unmap the part: its pages leave the resident set
+            emb = read_part_into(self.rows.files[p], buf, keep)  # the ground-truth rows are skipped, not copied
+            buf = emb.base  # the whole buffer, reused for the next part
+            yield emb
 
 
 def export_gallery(paths: Sequence[str | Path], relevant: set[str]) -> ExportGallery:

@@ -102,8 +102,8 @@ def read_part_ids(file: str | Path) -> list[str]:
     return json.loads((header.get("__metadata__") or {}).get("ids", "[]"))
 
 
-def map_part(file: str | Path) -> np.ndarray:
-    """A part's embeddings (N, D) as a read-only memory map: only the rows indexed are read from disk."""
+def _tensor_layout(file: str | Path) -> tuple[np.dtype, tuple[int, int], int]:
+    """(dtype, shape, byte offset) of a part's embeddings tensor, from its header."""
     header, start = read_part_header(file)
     t = header.get(TENSOR)
     if not isinstance(t, dict) or t.get("dtype") not in _SAFETENSORS_DTYPES or len(t.get("shape", ())) != 2:
@@ -113,9 +113,49 @@ def map_part(file: str | Path) -> np.ndarray:
     a, b = (int(x) for x in t["data_offsets"])
     if b - a != shape[0] * shape[1] * dtype.itemsize or start + b > Path(file).stat().st_size:
         raise EmbeddingFormatError(f"{file}: tensor {TENSOR!r} does not fit its stated shape {list(shape)}")
+    return dtype, shape, start + a
+
+
+def map_part(file: str | Path) -> np.ndarray:
+    """A part's embeddings (N, D) as a read-only memory map: only the rows indexed are read from disk."""
+    dtype, shape, offset = _tensor_layout(file)
     if shape[0] * shape[1] == 0:
         return np.zeros(shape, dtype)
-    return np.memmap(file, dtype=dtype, mode="r", offset=start + a, shape=shape)
+    return np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def read_part_into(file: str | Path, buffer: np.ndarray | None = None, keep: np.ndarray | None = None) -> np.ndarray:
+    """A part's embeddings (N, D), or only the rows where the bool mask `keep` is set, read straight
+    from the file into `buffer` (a flat array reused across parts when large enough and of the part's
+    dtype: no copy, no fresh pages per part). The kept rows are read as contiguous runs (one read
+    each), so skipped rows cost a seek, not a copy. Returns a view of the buffer (or of a new one)."""
+    dtype, shape, offset = _tensor_layout(file)
+    if keep is None:
+        starts, ends = np.array([0]), np.array([shape[0]])
+    else:
+        if keep.shape != (shape[0],):
+            raise ValueError(f"{file}: a mask of {keep.shape[0]} rows for {shape[0]} rows")
+        edges = np.diff(np.concatenate([[0], keep.astype(np.int8), [0]]))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    rows = int((ends - starts).sum())
+    row_bytes = shape[1] * dtype.itemsize
+    if buffer is None or buffer.dtype != dtype or buffer.size < rows * shape[1]:
+        buffer = np.empty(max(rows, shape[0]) * shape[1], dtype)
+    out = buffer[: rows * shape[1]]
+    dst = memoryview(out).cast("B")
+    pos = 0
+    with open(file, "rb", buffering=0) as f:
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            f.seek(offset + a * row_bytes)
+            want = (b - a) * row_bytes
+            got = 0
+            while got < want:  # a raw read may return fewer bytes than asked
+                n = f.readinto(dst[pos + got : pos + want])
+                if not n:
+                    raise EmbeddingFormatError(f"{file} ended before its tensor {TENSOR!r}")
+                got += n
+            pos += want
+    return out.reshape(rows, shape[1])
 
 
 class ExportRows:

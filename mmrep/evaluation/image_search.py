@@ -124,7 +124,7 @@ def export_gallery(paths: Sequence[str | Path], relevant: set[str]) -> ExportGal
     they are found, each id once (an item in both the gallery and a distractor set is searched once);
     the other rows follow in part order.
     """
-    from mmrep.export.format import ExportRows, read_part_ids
+    from mmrep.export.format import ExportRows, part_layout
 
     rows = ExportRows(list(paths))
     relevant_ids: list[str] = []
@@ -133,9 +133,10 @@ def export_gallery(paths: Sequence[str | Path], relevant: set[str]) -> ExportGal
     keep: list = []
     repeats = 0
     for p, file in enumerate(rows.files):
-        ids = read_part_ids(file)
-        if len(ids) != rows.offsets[p + 1] - rows.offsets[p]:
-            raise MmrepError(f"{file} holds {len(ids)} ids, its index.json says {rows.offsets[p + 1] - rows.offsets[p]}")
+        ids, _, shape, _ = part_layout(file)  # the header alone; a truncated part fails here, before searching
+        if shape != (rows.offsets[p + 1] - rows.offsets[p], rows.dim):
+            raise MmrepError(f"{file} holds {shape[0]} x {shape[1]} embeddings, its index.json says "
+                             f"{rows.offsets[p + 1] - rows.offsets[p]} x {rows.dim}")
         hit = [j for j, i in enumerate(ids) if i in relevant]
         if not hit:
             keep.append(None)

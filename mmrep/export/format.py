@@ -96,15 +96,11 @@ def read_part_header(file: str | Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
-def read_part_ids(file: str | Path) -> list[str]:
-    """A part's row ids, read from its header alone (the embeddings are not touched)."""
-    header, _ = read_part_header(file)
-    return json.loads((header.get("__metadata__") or {}).get("ids", "[]"))
-
-
-def _tensor_layout(file: str | Path) -> tuple[np.dtype, tuple[int, int], int]:
-    """(dtype, shape, byte offset) of a part's embeddings tensor, from its header."""
+def part_layout(file: str | Path) -> tuple[list[str], np.dtype, tuple[int, int], int]:
+    """(row ids, dtype, shape, byte offset) of a part's embeddings, from its header alone; checks that
+    the file holds the whole tensor and one id per row."""
     header, start = read_part_header(file)
+    ids = json.loads((header.get("__metadata__") or {}).get("ids", "[]"))
     t = header.get(TENSOR)
     if not isinstance(t, dict) or t.get("dtype") not in _SAFETENSORS_DTYPES or len(t.get("shape", ())) != 2:
         raise EmbeddingFormatError(f"{file} holds no 2-d float32/float16 tensor {TENSOR!r}")
@@ -112,8 +108,14 @@ def _tensor_layout(file: str | Path) -> tuple[np.dtype, tuple[int, int], int]:
     shape = (int(t["shape"][0]), int(t["shape"][1]))
     a, b = (int(x) for x in t["data_offsets"])
     if b - a != shape[0] * shape[1] * dtype.itemsize or start + b > Path(file).stat().st_size:
-        raise EmbeddingFormatError(f"{file}: tensor {TENSOR!r} does not fit its stated shape {list(shape)}")
-    return dtype, shape, start + a
+        raise EmbeddingFormatError(f"{file} is truncated or corrupt: tensor {TENSOR!r} does not fit its shape {list(shape)}")
+    if len(ids) != shape[0]:
+        raise EmbeddingFormatError(f"{file}: {len(ids)} ids but {shape[0]} embedding rows")
+    return ids, dtype, shape, start + a
+
+
+def _tensor_layout(file: str | Path) -> tuple[np.dtype, tuple[int, int], int]:
+    return part_layout(file)[1:]
 
 
 def map_part(file: str | Path) -> np.ndarray:

@@ -103,6 +103,15 @@ def test_cli_errors_are_one_line(emb_files, encoder_dir, products_dir, tmp_path,
     assert len(err) == 4 and all(e.startswith("mmrep: error: ") for e in err)
     assert "not found" in err[0] and "12-d" in err[1] and "index.json" in err[2]
     assert "16-d embeddings" in err[3] and "8-d" in err[3]
+    # a truncated part is named before any search starts
+    import shutil
+
+    shutil.copytree(d / "gallery", d / "cut")
+    part = sorted((d / "cut").glob("part-*.safetensors"))[-1]
+    part.write_bytes(part.read_bytes()[:-40])
+    assert mmrep_main([*base, "--gallery-emb", str(d / "cut"), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and part.name in err[0] and "truncated" in err[0]
 
 
 @pytest.mark.parametrize("query_set", ["augment", "crop", "heldout"])

@@ -96,11 +96,11 @@ def read_part_header(file: str | Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
-def part_layout(file: str | Path) -> tuple[list[str], np.dtype, tuple[int, int], int]:
+def part_layout(file: str | Path, with_ids: bool = True) -> tuple[list[str], np.dtype, tuple[int, int], int]:
     """(row ids, dtype, shape, byte offset) of a part's embeddings, from its header alone; checks that
-    the file holds the whole tensor and one id per row."""
+    the file holds the whole tensor (and one id per row; `with_ids=False` skips parsing the ids: [])."""
     header, start = read_part_header(file)
-    ids = json.loads((header.get("__metadata__") or {}).get("ids", "[]"))
+    ids = json.loads((header.get("__metadata__") or {}).get("ids", "[]")) if with_ids else []
     t = header.get(TENSOR)
     if not isinstance(t, dict) or t.get("dtype") not in _SAFETENSORS_DTYPES or len(t.get("shape", ())) != 2:
         raise EmbeddingFormatError(f"{file} holds no 2-d float32/float16 tensor {TENSOR!r}")
@@ -109,13 +109,13 @@ def part_layout(file: str | Path) -> tuple[list[str], np.dtype, tuple[int, int],
     a, b = (int(x) for x in t["data_offsets"])
     if b - a != shape[0] * shape[1] * dtype.itemsize or start + b > Path(file).stat().st_size:
         raise EmbeddingFormatError(f"{file} is truncated or corrupt: tensor {TENSOR!r} does not fit its shape {list(shape)}")
-    if len(ids) != shape[0]:
+    if with_ids and len(ids) != shape[0]:
         raise EmbeddingFormatError(f"{file}: {len(ids)} ids but {shape[0]} embedding rows")
     return ids, dtype, shape, start + a
 
 
 def _tensor_layout(file: str | Path) -> tuple[np.dtype, tuple[int, int], int]:
-    return part_layout(file)[1:]
+    return part_layout(file, with_ids=False)[1:]
 
 
 def map_part(file: str | Path) -> np.ndarray:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -117,7 +116,7 @@ class ExportGallery:
             yield emb
 
 
-def export_gallery(paths: Sequence[str | Path], relevant: set[str]) -> ExportGallery:
+def export_gallery(paths: Sequence, relevant: set[str]) -> ExportGallery:
     """Plan a one-pass search over export folders (gallery first, then distractors).
 
     Reads only the part headers (ids) here. Rows whose id is in `relevant` are put first, in the order

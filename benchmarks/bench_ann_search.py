@@ -1,4 +1,4 @@
-"""Approximate search at 10M items on this machine: faiss IVF-PQ (+ 8-bit re-ranking) vs exact search.
+"""Approximate search at 10M items on this machine: faiss IVF-PQ + exact re-ranking vs exact search.
 
 The gallery is generated chunk by chunk (clustered unit vectors with two levels, as product
 embeddings have: 4,096 categories x 32 variants, an item = category + 0.6 variant + 0.35 noise
@@ -9,8 +9,15 @@ rows, then every chunk added). nprobe is then chosen on calibration queries for 
 and recall + latency are reported on held-out queries. Prints a table and the measured per-core
 rates that README's 100M-item projection uses.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_ann_search.py                 # 10M x 256
-    .venv/bin/python benchmarks/bench_ann_search.py --gallery 200000 --queries 400   # quick mode
+Re-ranking (`--refine`): `exact` (default) first writes the generated gallery as an `mmrep export`
+folder (`--workdir`, reused when present; `--dtype float16` halves it), builds the index by
+streaming that export, and re-ranks the k x k_factor PQ candidates of each query with the float
+vectors read back from the parts (memory maps: only the candidate rows); ground truth and re-ranking
+then see the same stored vectors. `SQ8` keeps an 8-bit copy per item in memory instead (the gallery
+is never written); `none` ranks by the PQ codes.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_ann_search.py --workdir DIR --dtype float16  # 10M x 256
+    .venv/bin/python benchmarks/bench_ann_search.py --gallery 200000 --queries 400 --workdir DIR     # quick mode
 """
 
 from __future__ import annotations
@@ -18,11 +25,14 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from mmrep.evaluation.ann_search import AnnConfig, build_ivfpq, recall_vs_exact, tune_nprobe
+from mmrep.evaluation.ann_search import AnnConfig, build_from_export, build_ivfpq, recall_vs_exact, tune_nprobe
 from mmrep.evaluation.image_search import RunningTopK
 
 
@@ -66,7 +76,9 @@ def main() -> None:
     p.add_argument("--target-recall", type=float, default=0.95)
     p.add_argument("--pq-m", type=int, default=32)
     p.add_argument("--nlist", type=int, default=0)
-    p.add_argument("--refine", default="SQ8", choices=["SQ8", "none"])
+    p.add_argument("--refine", default="exact", choices=["exact", "SQ8", "none"])
+    p.add_argument("--workdir", default="", help="refine=exact: where the gallery export is written (default: a temp dir, removed)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored gallery dtype (refine=exact)")
     p.add_argument("--k-factor", type=int, default=8)
     p.add_argument("--chunk", type=int, default=250_000)
     p.add_argument("--categories", type=int, default=4096)
@@ -91,9 +103,27 @@ def main() -> None:
         if exact.seen % (20 * args.chunk) == 0:
             print(f"  {exact.seen:,} rows streamed, {time.perf_counter() - t_start:.0f} s", flush=True)
 
+    write_s = 0.0
+    root = None
+    if args.refine == "exact":
+        root = Path(args.workdir or tempfile.mkdtemp(prefix="mmrep-bench-ann-"))
+        export = root / f"gallery-{args.gallery}-{args.dim}-{args.dtype}-{args.seed}"
+        if not (export / "index.json").is_file():
+            from mmrep.export.embeddings import save_embedding_parts
+
+            t0 = time.perf_counter()
+            ids = (f"i{i}" for i in range(args.gallery))
+            save_embedding_parts(export, (([next(ids) for _ in range(len(b))], b.astype(args.dtype))
+                                          for b in gallery(args.gallery, world, args.chunk, args.seed)),
+                                 name="bench_ann_search", overwrite=True)
+            write_s = time.perf_counter() - t0
+            print(f"gallery export written in {write_s:.0f} s: {export}", flush=True)
     c0 = time.process_time()
-    ann = build_ivfpq(gallery(args.gallery, world, args.chunk, args.seed), args.dim, args.gallery, cfg,
-                      on_chunk=ground_truth)
+    if args.refine == "exact":
+        ann = build_from_export([export], cfg, on_chunk=ground_truth)
+    else:
+        ann = build_ivfpq(gallery(args.gallery, world, args.chunk, args.seed), args.dim, args.gallery, cfg,
+                          on_chunk=ground_truth)
     build = ann.build_seconds - timers["exact"]
     build_cpu = time.process_time() - c0 - timers["exact_cpu"]
     half = args.queries // 2
@@ -111,9 +141,11 @@ def main() -> None:
     print(f"gallery {n:,} x {args.dim} (generated in {args.chunk:,}-row chunks, {args.categories} categories x "
           f"{args.variants} variants), "
           f"{args.queries} queries with exact top-{args.k}; OMP_NUM_THREADS={threads}; load avg {load0:.1f} -> {load1:.1f}")
-    print(f"index IVF{ann.nlist},PQ{args.pq_m}" + (f" + SQ8 re-ranking of k*{args.k_factor}" if args.refine == "SQ8" else "")
+    rerank = {"SQ8": " + SQ8 re-ranking", "exact": f" + exact re-ranking from the export ({args.dtype} on disk)", "none": ""}
+    print(f"index IVF{ann.nlist},PQ{args.pq_m}" + rerank[args.refine]
           + f": codes {ann.code_bytes() / 2**30:.2f} GiB ({ann.code_bytes() / n:.0f} B/item); peak RSS {rss_gib():.2f} GiB")
-    print(f"wall time: generate + train + add {build:.0f} s (train {ann.train_seconds:.0f} s), exact ground truth "
+    print(f"wall time: " + (f"generate + write the export {write_s:.0f} s (0 = reused), read + " if root else "generate + ")
+          + f"train + add {build:.0f} s (train {ann.train_seconds:.0f} s), exact ground truth "
           f"{timers['exact']:.0f} s, total {time.perf_counter() - t_start:.0f} s; CPU time (all threads): build "
           f"{build_cpu:.0f} s, exact {timers['exact_cpu']:.0f} s, total {time.process_time() - cpu_start:.0f} s\n")
     print(f"| k_factor | nprobe | recall@{args.k} vs exact (calibration) | ms / query |")
@@ -129,6 +161,8 @@ def main() -> None:
           f"({n * args.dim * 2 / (exact_cpu_ms / 1000) / 1e9:.1f} GFLOP per CPU-second); IVF-PQ "
           f"{ann_cpu_ms:.2f} CPU-ms/query ({scanned / (ann_cpu_ms / 1000) / 1e6:.0f} M codes per CPU-second at "
           f"nprobe {tuning.nprobe}, {scanned / n:.2%} of the gallery); build {n / build_cpu:,.0f} items per CPU-second")
+    if root is not None and not args.workdir:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

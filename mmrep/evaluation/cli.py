@@ -330,42 +330,17 @@ def _load_emb(path: str, what: str):
 
 
 def _stream_gallery(gallery: list[str], relevant: set[str]):
-    """Pass 1 collects the relevant rows (streamed first); pass 2 streams the rest part by part."""
-    from mmrep.export.format import EmbeddingFormatError, iter_parts, read_index
+    """Ground-truth rows first, then the rest: one pass over the parts (see `export_gallery`)."""
+    from mmrep.evaluation.image_search import export_gallery
+    from mmrep.export.format import EmbeddingFormatError
 
     try:
-        metas = [read_index(p) for p in gallery]
+        g = export_gallery(gallery, relevant)
     except EmbeddingFormatError as e:
+        if "differ in dimension" in str(e):
+            raise MmrepError(f"gallery / distractor {e}; use one encoder and --dim") from None
         raise MmrepError(f"gallery: {e}") from None
-    dims = {m["dim"] for m in metas}
-    if len(dims) > 1:
-        raise MmrepError(f"gallery / distractor embeddings differ in dimension ({sorted(dims)}); use one encoder and --dim")
-    rel_ids: list[str] = []
-    rel_rows: list[np.ndarray] = []
-    seen: set[str] = set()
-    repeats = 0  # relevant ids stored twice (gallery and distractors): streamed once
-    for p in gallery:
-        for ids, emb in iter_parts(p):
-            for j, i in enumerate(ids):
-                if i in relevant:
-                    if i in seen:
-                        repeats += 1
-                        continue
-                    seen.add(i)
-                    rel_ids.append(i)
-                    rel_rows.append(emb[j].astype(np.float32))
-    dim = int(next(iter(dims)))
-    rel = np.stack(rel_rows) if rel_rows else np.zeros((0, dim), np.float32)
-    def chunks():
-        yield rel
-        for p in gallery:
-            for ids, emb in iter_parts(p):
-                keep = np.array([i not in seen for i in ids], dtype=bool)
-                if keep.any():
-                    yield emb[keep].astype(np.float32)
-
-    total = sum(int(m["count"]) for m in metas) - repeats
-    return rel_ids, dim, total, chunks
+    return g.relevant_ids, g.dim, g.total, g.chunks
 
 
 @dataclass

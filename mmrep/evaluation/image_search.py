@@ -85,6 +85,74 @@ class RunningTopK:
         self.seen += block.shape[0]
 
 
+@dataclass
+class ExportGallery:
+    """An export-folder gallery in search order: ground-truth rows first, then everything else.
+
+    `relevant_ids[j]` is gallery position j; `total` rows in all; `chunks()` streams them.
+    """
+
+    relevant_ids: list[str]
+    dim: int
+    total: int
+    rows: object  # mmrep.export.format.ExportRows over the folders
+    keep: list  # per part: None (stream every row) or a bool mask of the rows streamed after the ground truth
+    relevant_rows: np.ndarray  # positions (in part order) of the ground-truth rows, in gallery order
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """One pass over the parts: the ground-truth rows first (read alone, through memory maps that
+        touch only their pages), then each part's other rows, a part at a time, read straight into a
+        buffer reused across parts (memory: one part), so a yielded array is valid only until the next
+        one is requested."""
+        from mmrep.export.format import read_part_into
+
+        if self.relevant_rows.size:
+            yield self.rows.take(self.relevant_rows)
+            self.rows.close()
+        buf = None
+        for p, keep in enumerate(self.keep):
+            emb = read_part_into(self.rows.files[p], buf, keep)  # the ground-truth rows are skipped, not copied
+            buf = emb.base  # the whole buffer, reused for the next part
+            yield emb
+
+
+def export_gallery(paths: Sequence, relevant: set[str]) -> ExportGallery:
+    """Plan a one-pass search over export folders (gallery first, then distractors).
+
+    Reads only the part headers (ids) here. Rows whose id is in `relevant` are put first, in the order
+    they are found, each id once (an item in both the gallery and a distractor set is searched once);
+    the other rows follow in part order.
+    """
+    from mmrep.export.format import ExportRows, part_layout
+
+    rows = ExportRows(list(paths))
+    relevant_ids: list[str] = []
+    relevant_rows: list[int] = []
+    seen: set[str] = set()
+    keep: list = []
+    repeats = 0
+    for p, file in enumerate(rows.files):
+        ids, _, shape, _ = part_layout(file)  # the header alone; a truncated part fails here, before searching
+        if shape != (rows.offsets[p + 1] - rows.offsets[p], rows.dim):
+            raise MmrepError(f"{file} holds {shape[0]} x {shape[1]} embeddings, its index.json says "
+                             f"{rows.offsets[p + 1] - rows.offsets[p]} x {rows.dim}")
+        hit = [j for j, i in enumerate(ids) if i in relevant]
+        if not hit:
+            keep.append(None)
+            continue
+        mask = np.ones(len(ids), dtype=bool)
+        mask[hit] = False
+        keep.append(mask)
+        for j in hit:
+            if ids[j] in seen:
+                repeats += 1
+                continue
+            seen.add(ids[j])
+            relevant_ids.append(ids[j])
+            relevant_rows.append(int(rows.offsets[p]) + j)
+    return ExportGallery(relevant_ids, rows.dim, len(rows) - repeats, rows, keep, np.asarray(relevant_rows, np.int64))
+
+
 def chunked_search(
     queries: np.ndarray,
     gallery: np.ndarray | Iterable[np.ndarray],

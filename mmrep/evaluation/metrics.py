@@ -137,11 +137,18 @@ def recall_from_topk(topk_idx: np.ndarray, positives: Sequence[Sequence[int]], k
     """R@k from ranked result lists: topk_idx (Q, K) gallery indices, best first (-1 = no result)."""
     topk_idx = np.asarray(topk_idx)
     out = {}
-    hit_rank = np.full(len(positives), np.iinfo(np.int64).max)
-    for q, pos in enumerate(positives):
-        where = np.nonzero(np.isin(topk_idx[q], np.asarray(list(pos))))[0]
-        if where.size:
-            hit_rank[q] = where[0]
+    none = np.iinfo(np.int64).max
+    hit_rank = np.full(len(positives), none)
+    # Vectorised over (query, positive) pairs, a batch at a time: rank of each pair's item in its
+    # query's list, then the best rank per query (a per-query np.isin loop cost ~25 us a query).
+    lens = np.fromiter((len(p) for p in positives), np.int64, len(positives))
+    qs = np.repeat(np.arange(len(positives)), lens)
+    items = np.fromiter((i for p in positives for i in p), np.int64, int(lens.sum()))
+    step = max(1, 4_000_000 // max(1, topk_idx.shape[1]))
+    for a in range(0, qs.size, step):
+        eq = topk_idx[qs[a : a + step]] == items[a : a + step, None]
+        rank = np.where(eq.any(axis=1), eq.argmax(axis=1), none)
+        np.minimum.at(hit_rank, qs[a : a + step], rank)
     for k in ks:
         if k > topk_idx.shape[1]:
             raise ValueError(f"R@{k} needs at least {k} results per query, got {topk_idx.shape[1]}")

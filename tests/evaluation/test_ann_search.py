@@ -79,3 +79,67 @@ def test_small_gallery_and_bad_settings():
     with pytest.raises(MmrepError, match="target_recall"):
         AnnConfig(target_recall=1.5)
     assert auto_nlist(10_000_000) == 1024 and auto_nlist(100) == 16
+
+
+class CountingRows:
+    """ExportRows that records every row position read."""
+
+    def __init__(self, rows) -> None:
+        self.rows, self.read = rows, []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, positions):
+        self.read.append(np.asarray(positions).copy())
+        return self.rows.take(positions)
+
+
+def test_exact_reranking_reads_the_export_and_matches_exact_search(tmp_path):
+    from mmrep.evaluation.ann_search import build_from_export, rerank_exact
+    from mmrep.export.embeddings import save_embedding_parts
+
+    g = clustered(3_000, 32, 5)
+    save_embedding_parts(tmp_path / "g", ((["i%d" % j for j in range(s, s + 700)], g[s : s + 700])
+                                          for s in range(0, 2_800, 700)))  # 4 parts: candidates span parts
+    q = clustered(40, 32, 6)
+    top = RunningTopK(q, 10)
+    cfg = AnnConfig(nlist=16, pq_m=4, refine="exact", k_factor=2, train_size=1_000)
+    ann = build_from_export([tmp_path / "g"], cfg, on_chunk=top.add)
+    assert ann.count == 2_800 and ann.refines and ann.code_bytes() == (4 + 8) * 2_800  # no re-ranking codes
+    np.testing.assert_array_equal(top.indices, chunked_search(q, g[:2_800], SearchConfig(k=10)).indices)
+    # candidates covering the whole gallery: the re-ranked top-10 is the exact top-10, ids and order
+    ann.set_nprobe(16)
+    ann.set_k_factor(280)
+    scores, found = ann.search(q, 10)
+    np.testing.assert_array_equal(found, top.indices)
+    np.testing.assert_allclose(scores, top.scores, rtol=1e-5, atol=1e-6)
+    # only the candidate rows are read
+    ann.vectors = CountingRows(ann.vectors)
+    ann.set_nprobe(2)
+    ann.set_k_factor(3)
+    _, cand = ann.ivf.search(q, 30)
+    _, found = ann.search(q, 10)
+    read = np.concatenate(ann.vectors.read)
+    assert set(read.tolist()) == set(cand[cand >= 0].tolist()) and read.size < 2_800 // 2
+    assert set(found[found >= 0].tolist()) <= set(cand[cand >= 0].tolist())
+    # ties follow the ranking rule (lower id first), and a missing candidate (-1) stays out
+    dup = np.repeat(g[:1], 3, axis=0)
+    s, i = rerank_exact(g[:1], np.array([[2, -1, 0, 1]]), CountingRows(_Rows(dup)), 4)
+    assert i.tolist() == [[0, 1, 2, -1]] and np.isneginf(s[0, 3])
+
+
+class _Rows:
+    def __init__(self, a) -> None:
+        self.a = a
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def take(self, rows):
+        return self.a[rows]
+
+
+def test_exact_reranking_needs_the_vectors():
+    with pytest.raises(MmrepError, match="refine=exact"):
+        build_ivfpq([clustered(500, 16, 2)], 16, 500, AnnConfig(nlist=16, pq_m=4, refine="exact"))

@@ -103,6 +103,15 @@ def test_cli_errors_are_one_line(emb_files, encoder_dir, products_dir, tmp_path,
     assert len(err) == 4 and all(e.startswith("mmrep: error: ") for e in err)
     assert "not found" in err[0] and "12-d" in err[1] and "index.json" in err[2]
     assert "16-d embeddings" in err[3] and "8-d" in err[3]
+    # a truncated part is named before any search starts
+    import shutil
+
+    shutil.copytree(d / "gallery", d / "cut")
+    part = sorted((d / "cut").glob("part-*.safetensors"))[-1]
+    part.write_bytes(part.read_bytes()[:-40])
+    assert mmrep_main([*base, "--gallery-emb", str(d / "cut"), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and part.name in err[0] and "truncated" in err[0]
 
 
 @pytest.mark.parametrize("query_set", ["augment", "crop", "heldout"])
@@ -124,3 +133,28 @@ def test_encoder_queries_against_exported_gallery(encoder_dir, products_dir, tmp
     a = json.loads((tmp_path / "a" / "image_search.json").read_text())["rows"]
     b = json.loads((tmp_path / "b" / "image_search.json").read_text())["rows"]
     assert a == b  # the exported gallery and the in-process one rank identically
+
+
+def test_export_gallery_streams_ground_truth_first_in_one_pass(tmp_path):
+    from mmrep.evaluation.image_search import export_gallery
+
+    rng = np.random.default_rng(7)
+    g = rng.normal(size=(230, 8)).astype(np.float32)
+    save_embeddings(tmp_path / "gallery", [f"i{k}" for k in range(200)], g[:200], part_size=64)
+    # distractors stored as float16, repeating relevant item i5 (searched once) and holding relevant i210
+    d_ids = ["i5"] + [f"i{k}" for k in range(201, 230)]
+    d_emb = np.concatenate([g[5:6], g[201:230]]).astype(np.float16)
+    save_embeddings(tmp_path / "distract", d_ids, d_emb, part_size=16)
+    relevant = {"i150", "i5", "i70", "i210", "i999"}  # i999 is absent
+    plan = export_gallery([tmp_path / "gallery", tmp_path / "distract"], relevant)
+    assert plan.relevant_ids == ["i5", "i70", "i150", "i210"] and plan.total == 229 and plan.dim == 8
+    want_ids = plan.relevant_ids + [f"i{k}" for k in range(200) if f"i{k}" not in relevant] + \
+        [i for i in d_ids if i not in relevant]
+    rows = {f"i{k}": g[k] for k in range(200)} | {i: e.astype(np.float32) for i, e in zip(d_ids[1:], d_emb[1:])}
+    want = np.stack([rows[i] for i in want_ids])
+    got = np.concatenate([c.copy() for c in plan.chunks()])  # copies: a streamed chunk's buffer is reused
+    np.testing.assert_array_equal(got, want)
+    q = rng.normal(size=(12, 8)).astype(np.float32)
+    res = chunked_search(q, plan.chunks(), SearchConfig(k=20, gallery_chunk=50), sizes=[4, 100])
+    np.testing.assert_array_equal(res.indices, brute_topk(q, want, 20))
+    np.testing.assert_array_equal(res.snapshots[100], brute_topk(q, want[:100], 20))

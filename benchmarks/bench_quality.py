@@ -291,7 +291,7 @@ def main() -> None:
         r["metrics"] = evaluate(bench, r, args.work)
     print()
     print(table(peers + ours))
-    if peers:
+    if peers and ours:
         print()
         for key, label in (("t2i", "t→i R@10"), ("i2t", "i→t R@10")):
             print(f"{label}: mmrep {mean(ours, key):.1f} / open_clip_train {mean(peers, key):.1f} = "

@@ -43,6 +43,12 @@ def sample_key(item_id: str) -> str:
     return key
 
 
+def sample_meta(sample: dict[str, Any], ext: str) -> dict[str, Any]:
+    """A sample's metadata entry `ext`, decoded from JSON unless a reader already decoded it."""
+    meta = sample[ext]
+    return json.loads(meta) if isinstance(meta, (bytes, str)) else meta
+
+
 @dataclass
 class Product:
     """One catalogue item: several images + separate text fields."""
@@ -107,9 +113,7 @@ class Product:
 
     @classmethod
     def from_sample(cls, sample: dict[str, Any]) -> "Product":
-        meta = sample[PRODUCT_EXT]
-        if isinstance(meta, (bytes, str)):
-            meta = json.loads(meta)
+        meta = sample_meta(sample, PRODUCT_EXT)
         return cls.from_meta(meta, sample)
 
 
@@ -155,9 +159,7 @@ class Query:
 
     @classmethod
     def from_sample(cls, sample: dict[str, Any]) -> "Query":
-        meta = sample[QUERY_EXT]
-        if isinstance(meta, (bytes, str)):
-            meta = json.loads(meta)
+        meta = sample_meta(sample, QUERY_EXT)
         return cls.from_meta(meta, sample)
 
     @classmethod
@@ -203,9 +205,7 @@ class Triplet:
 
     @classmethod
     def from_sample(cls, sample: dict[str, Any]) -> "Triplet":
-        meta = sample[TRIPLET_EXT]
-        if isinstance(meta, (bytes, str)):
-            meta = json.loads(meta)
+        meta = sample_meta(sample, TRIPLET_EXT)
         return cls(
             id=str(meta["id"]),
             query=Query.from_meta(meta["query"], sample),

@@ -96,3 +96,46 @@ class EncoderInput:
             text_types=torch.cat([pad(p.text_types, length) for p in parts]),
             text_mask=torch.cat([pad(p.text_mask, length) for p in parts]),
         )
+
+
+@dataclass
+class TowerFeatures:
+    """A batch of B products given as the outputs of their encoder's frozen towers (a feature cache).
+
+    Only the trainable heads run on it (see `mmrep.train.feature_cache`); it mirrors `EncoderInput`'s
+    masks and views, so objectives treat both alike.
+
+    image:      (B, N, Di) the vision trunk's pooled features, one row per image slot
+    image_mask: (B, N) bool, True where a slot holds a real image
+    text:       (B, T, Dt) the text tower's pooled features, T = 1 (or 0 in an image-only view)
+    text_mask:  (B, T) bool, True where the product has text
+    """
+
+    image: torch.Tensor
+    image_mask: torch.Tensor
+    text: torch.Tensor
+    text_mask: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.image_mask.shape[0]
+
+    @property
+    def has_image(self) -> torch.Tensor:
+        return self.image_mask.any(dim=1)
+
+    @property
+    def has_text(self) -> torch.Tensor:
+        return self.text_mask.any(dim=1)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TowerFeatures":
+        return TowerFeatures(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def select(self, rows: torch.Tensor | slice | list[int]) -> "TowerFeatures":
+        return TowerFeatures(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def text_only(self) -> "TowerFeatures":
+        return TowerFeatures(self.image[:, :0], self.image_mask[:, :0], self.text, self.text_mask)
+
+    def image_only(self) -> "TowerFeatures":
+        return TowerFeatures(self.image, self.image_mask, self.text[:, :0], self.text_mask[:, :0])

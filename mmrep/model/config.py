@@ -44,6 +44,9 @@ class VisionConfig:
     # backbone clip: -1 trains the whole tower; n >= 0 freezes all but the last n layer groups (timm's groups,
     # e.g. EfficientNet stages); a locked pretrained CNN keeps its BatchNorm statistics (eval mode)
     trainable_layers: int = -1
+    # backbone clip with a timm tower: the head from pooled features to the embedding (open_clip's timm_proj);
+    # "mlp" (hidden 2 x embed_dim) learns more than a linear map on top of a frozen tower
+    proj: Literal["linear", "mlp"] = "linear"
 
     def __post_init__(self) -> None:
         if self.trainable_layers < -1:
@@ -73,6 +76,9 @@ class TextConfig:
     # -1 trains the whole tower; n >= 0 freezes the embeddings and all but the top n layers (0: frozen,
     # LiT-style), which keeps a pretrained tower's knowledge and skips its backward pass
     trainable_layers: int = -1
+    # backbone clip with an HF tower: the head from mean-pooled features to the embedding (open_clip's
+    # hf_proj_type); "mlp" has a hidden width of (tower width + embed_dim) / 2
+    proj: Literal["linear", "mlp"] = "linear"
 
     def __post_init__(self) -> None:
         if self.trainable_layers < -1:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrep.batch import EncoderInput
+from mmrep.batch import EncoderInput, TowerFeatures
 from mmrep.config import from_dict, to_dict
 from mmrep.errors import MmrepError
 from mmrep.fsutil import atomic_dir
@@ -65,7 +65,7 @@ class Encoder(nn.Module):
         """-> (embedding (B, D) before normalisation, [(Routing over T tokens, sample id (T,))] per MoE layer)."""
         raise NotImplementedError
 
-    def forward(self, inputs: EncoderInput, objective: torch.Tensor | None = None) -> EncoderOutput:
+    def forward(self, inputs: EncoderInput | TowerFeatures, objective: torch.Tensor | None = None) -> EncoderOutput:
         check_inputs(inputs)
         emb, records = self.encode(inputs)
         emb = F.normalize(emb.float(), dim=-1)
@@ -88,12 +88,17 @@ class Encoder(nn.Module):
         return out
 
 
-def check_inputs(inputs: EncoderInput) -> None:
+def check_inputs(inputs: EncoderInput | TowerFeatures) -> None:
     """Every sample needs at least one modality; shapes must agree."""
     b = inputs.batch_size
     if b == 0:
         raise ValueError("empty batch: nothing to encode")
-    if inputs.pixels.shape[:2] != inputs.image_mask.shape or inputs.text_ids.shape != inputs.text_mask.shape:
+    if isinstance(inputs, TowerFeatures):
+        if inputs.image.shape[:2] != inputs.image_mask.shape or inputs.text.shape[:2] != inputs.text_mask.shape:
+            raise ValueError(f"TowerFeatures shapes disagree: image {tuple(inputs.image.shape)} vs image_mask "
+                             f"{tuple(inputs.image_mask.shape)}, text {tuple(inputs.text.shape)} vs text_mask "
+                             f"{tuple(inputs.text_mask.shape)}")
+    elif inputs.pixels.shape[:2] != inputs.image_mask.shape or inputs.text_ids.shape != inputs.text_mask.shape:
         raise ValueError(f"EncoderInput shapes disagree: pixels {tuple(inputs.pixels.shape)} vs image_mask "
                          f"{tuple(inputs.image_mask.shape)}, text_ids {tuple(inputs.text_ids.shape)} vs text_mask "
                          f"{tuple(inputs.text_mask.shape)}")

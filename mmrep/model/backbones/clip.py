@@ -3,6 +3,7 @@
 image-only -> encode_image (several images: mean of the normalised image embeddings);
 text-only -> encode_text on the open_clip ids our tokenizer emits (SOT/EOT included);
 image + text -> the normalised sum of both. Output is L2-normalised by `Encoder.forward`.
+`TowerFeatures` (cached outputs of frozen towers, `mmrep.train.feature_cache`) -> the same, heads only.
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ class ClipEncoder(Encoder):
 
     @property
     def frozen_towers(self) -> str:
-        """"" when both towers are frozen feature extractors under trainable heads (their outputs can be
-        cached: `mmrep.train.feature_cache`); otherwise the reason they cannot be."""
+        """Why the towers' outputs cannot be cached (`mmrep.train.feature_cache`), or "" when both are frozen
+        feature extractors under trainable heads."""
         if not self.timm_vision or self.cfg.vision.trainable_layers != 0:
             return "the vision tower must be a timm tower with model.vision.trainable_layers: 0"
         if not self.hf_text or self.cfg.text.trainable_layers != 0:

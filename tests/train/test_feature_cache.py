@@ -106,7 +106,7 @@ def test_corrupt_samples_are_skipped_and_counted_like_every_loader(tiny_hf_dir, 
 
 
 def test_refuses_towers_that_train(tiny_world, tiny_hf_dir, tmp_path):
-    from mmrep.train.trainer import Trainer, load_config
+    from mmrep.train.trainer import Trainer
 
     for key, fix in (("--model.vision.trainable_layers=1", "vision"), ("--model.text.trainable_layers=1", "text")):
         cfg = run_config(tiny_world, tiny_hf_dir, tmp_path / fix, key)

@@ -115,7 +115,7 @@ class ClipEncoder(Encoder):
         if cfg.vision.trainable_layers >= 0:
             self.clip.lock_image_tower(unlocked_groups=cfg.vision.trainable_layers)
         if self.timm_vision:
-            # CNN trunks run ~1.9x faster on CPU in channels-last layout (oneDNN's native format), same results
+            # CNN trunks run 1.85x faster on CPU in channels-last layout (benchmarks/bench_trunk_layout.py), same results
             self.clip.visual.trunk.to(memory_format=torch.channels_last)
         if cfg.clip.name and cfg.clip.pretrained and load_pretrained:
             from open_clip.model import resize_pos_embed
